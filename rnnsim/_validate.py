@@ -1,0 +1,150 @@
+"""Input checks shared by every entry point (Python API, CLI, sweep).
+
+Each check raises a one-line ``ValueError`` or ``TypeError`` that names the problem,
+so that the CLI can print it and exit with code 2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+CELLS = {"rnn": 1, "lstm": 4}  # cell name -> number of gate blocks G
+LOSSES = ("last", "every")
+DEVICES = ("cpu", "cuda", "auto")
+PARAM_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_out", "bias_out")
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Sizes and options of one validated ``gradients`` call."""
+
+    cell: str
+    loss: str
+    E: int  # networks in the ensemble
+    B: int  # sequences per network
+    T: int  # time steps
+    D: int  # input size
+    H: int  # hidden size
+    K: int  # classes
+    dtype: np.dtype
+
+    @property
+    def G(self) -> int:
+        return CELLS[self.cell]
+
+
+def check_choice(name: str, value, choices) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
+    return value
+
+
+def param_shapes(cell: str, E: int, H: int, D: int, K: int) -> dict:
+    """The shape of every parameter array, with the leading ensemble axis."""
+    GH = CELLS[cell] * H
+    return {
+        "weight_ih_l0": (E, GH, D),
+        "weight_hh_l0": (E, GH, H),
+        "bias_ih_l0": (E, GH),
+        "bias_hh_l0": (E, GH),
+        "weight_out": (E, K, H),
+        "bias_out": (E, K),
+    }
+
+
+def _as_array(name, value) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        try:
+            value = np.asarray(value)
+        except Exception as exc:  # pragma: no cover - exotic array-likes
+            raise TypeError(f"{name} is not an array: {exc}") from None
+    return value
+
+
+def _require_finite(name: str, arr: np.ndarray) -> None:
+    if not np.isfinite(arr).all():
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
+
+
+def check_problem(cell, params, inputs, targets, loss="last", *, need_targets=True):
+    """Validate a ``gradients``/``forward`` call.
+
+    Returns
+    -------
+    problem : Problem
+    params : dict of C-contiguous arrays, in the inputs' dtype
+    inputs : C-contiguous array (E, B, T, D)
+    targets : C-contiguous int64 array, (E, B) or (E, B, T), or None
+    """
+    cell = check_choice("cell", cell, tuple(CELLS))
+    loss = check_choice("loss", loss, LOSSES)
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    missing = [k for k in PARAM_KEYS if k not in params]
+    if missing:
+        raise ValueError(f"params is missing key(s): {', '.join(missing)}")
+    unknown = sorted(str(k) for k in params if k not in PARAM_KEYS)
+    if unknown:
+        raise ValueError(f"params has unknown key(s): {', '.join(unknown)}; expected {', '.join(PARAM_KEYS)}")
+
+    inputs = _as_array("inputs", inputs)
+    if inputs.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"inputs must be float32 or float64, got {inputs.dtype}")
+    dtype = inputs.dtype
+    if inputs.ndim != 4:
+        raise ValueError(f"inputs must have shape (E, B, T, D), got {inputs.shape}")
+
+    arrays = {}
+    for key in PARAM_KEYS:
+        arr = _as_array(key, params[key])
+        if arr.dtype != dtype:
+            raise TypeError(f"{key} has dtype {arr.dtype} but inputs are {dtype}; "
+                            "cast them explicitly (mixed dtypes are not converted silently)")
+        arrays[key] = arr
+
+    w_hh = arrays["weight_hh_l0"]
+    if w_hh.ndim != 3:
+        raise ValueError(f"weight_hh_l0 must have shape (E, {CELLS[cell]}*H, H), got {w_hh.shape}")
+    E, GH, H = w_hh.shape
+    if GH != CELLS[cell] * H:
+        raise ValueError(f"weight_hh_l0 has shape {w_hh.shape}, but a {cell} needs (E, {CELLS[cell]}*H, H)")
+    if arrays["weight_ih_l0"].ndim != 3 or arrays["weight_out"].ndim != 3:
+        raise ValueError("weight_ih_l0 and weight_out must be 3-D (E, rows, columns)")
+    D = arrays["weight_ih_l0"].shape[2]
+    K = arrays["weight_out"].shape[1]
+    expected = param_shapes(cell, E, H, D, K)
+    for key, shape in expected.items():
+        if arrays[key].shape != shape:
+            raise ValueError(f"{key} has shape {arrays[key].shape}, expected {shape} "
+                             f"(E={E}, H={H}, D={D}, K={K} from the other parameters)")
+    if inputs.shape[0] != E or inputs.shape[3] != D:
+        raise ValueError(f"inputs have shape {inputs.shape}, expected (E={E}, B, T, D={D}) to match params")
+    B, T = inputs.shape[1], inputs.shape[2]
+    for name, size in (("E (networks)", E), ("B (sequences)", B), ("T (time steps)", T),
+                       ("D (input size)", D), ("H (hidden size)", H), ("K (classes)", K)):
+        if size == 0:
+            raise ValueError(f"{name} must be at least 1, got 0")
+
+    _require_finite("inputs", inputs)
+    for key in PARAM_KEYS:
+        _require_finite(key, arrays[key])
+
+    tgt = None
+    if need_targets:
+        tgt = _as_array("targets", targets)
+        want = (E, B) if loss == "last" else (E, B, T)
+        if tgt.dtype == np.bool_ or not np.issubdtype(tgt.dtype, np.integer):
+            raise TypeError(f"targets must be an integer array of class indices, got dtype {tgt.dtype}")
+        if tgt.shape != want:
+            raise ValueError(f"targets have shape {tgt.shape}; loss={loss!r} needs {want}")
+        if tgt.size and (tgt.min() < 0 or tgt.max() >= K):
+            raise ValueError(f"targets must lie in [0, {K - 1}] (K={K} classes), "
+                             f"found values in [{tgt.min()}, {tgt.max()}]")
+        tgt = np.ascontiguousarray(tgt, dtype=np.int64)
+
+    problem = Problem(cell=cell, loss=loss, E=E, B=B, T=T, D=D, H=H, K=K, dtype=dtype)
+    arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    return problem, arrays, np.ascontiguousarray(inputs), tgt

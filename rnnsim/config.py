@@ -1,0 +1,23 @@
+"""Tunables, in one place.
+
+Tests patch these (for example ``GPU_THREADS_PER_BLOCK`` drops to a tiny value so
+that small inputs still cover several blocks). Read them at call time, never copy
+them into module-level constants of other modules.
+"""
+
+# LLVM fast-math flags for the CPU kernels. Deliberately *without* ``nnan`` and
+# ``ninf``: with those, NaN/inf checks are optimised away (numba issues 2919, 9383).
+# ``reassoc`` is what lets hand-written dot products vectorise.
+NUMBA_FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
+
+# GPU launch configuration (used by rnnsim.kernels.gpu_*).
+GPU_THREADS_PER_BLOCK = 128
+# Sequences handled by one block (a tile of the batch axis of one network).
+GPU_SEQUENCES_PER_BLOCK = 8
+# Fraction of free device memory that one ensemble chunk may use for activations.
+GPU_MEMORY_FRACTION = 0.6
+
+# Sequences of one network handled by one CPU work item. The CPU kernels
+# parallelise over (network, sequence tile) pairs; a tile batches its sequences
+# so that each time step is one small matrix product.
+CPU_SEQUENCE_TILE = 32
