@@ -1,0 +1,8 @@
+"""Options and checks shared by several commands."""
+from __future__ import annotations
+
+import click
+
+device_option = click.option(
+    "--device", type=click.Choice(["cpu", "cuda", "auto"]), default="cpu", show_default=True,
+    help="Where to compute: cpu, cuda (error without a usable GPU) or auto (GPU when usable).")
