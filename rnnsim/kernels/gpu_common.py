@@ -64,10 +64,11 @@ def log_add_coefficients():
     This is ``_renormalise`` followed by ``_log_add`` of the reference, with the
     norm of the combined vector taken from the sums instead of a second pass.
     """
-    global cuda  # a module global, so that the simulator can swap in its fake module
-    cuda = _numba_cuda()
+    # register_jitable, not cuda.jit(device=True): a device dispatcher asks the
+    # driver for the compute capability, which breaks compile_ptx without a GPU.
+    from numba.cuda.extending import register_jitable
 
-    @cuda.jit(device=True)
+    @register_jitable
     def coefficients(scale, bb, cc, ll, bl):
         joint = bb + cc
         s1 = -math.inf

@@ -44,6 +44,7 @@ def make_kernels(dtype, tile, threads):
     S, TPB = tile, threads
     rows = NUM_SUMS * S
     parts = max(1, TPB // rows)
+    gate_accumulators = 4 * S  # a named constant: local.array needs a literal size
     coefficients = log_add_coefficients()
 
     def lstm_forward(w_ih, w_hh, b_ih, b_hh, x, h_store, c_store, gates_store, w_in_shared):
@@ -73,7 +74,7 @@ def make_kernels(dtype, tile, threads):
                 h_store[e, b0 + idx // H, 0, idx % H] = 0
                 c_store[e, b0 + idx // H, 0, idx % H] = 0
         cuda.syncthreads()
-        acc = cuda.local.array(4 * S, real)
+        acc = cuda.local.array(gate_accumulators, real)
         for t in range(1, T + 1):
             prev = off_h + ((t - 1) % 2) * S * H
             cur = off_h + (t % 2) * S * H
