@@ -1,0 +1,28 @@
+"""``rnnsim plot DIR``: phase diagrams, profiles and rates of a sweep's results folder."""
+from __future__ import annotations
+
+import click
+
+from .. import plot as plot_lib
+from ..sweep import parse_scales
+from ._oneline import OneLineCommand
+
+
+@click.command(cls=OneLineCommand)
+@click.argument("out", metavar="DIR")
+@click.option("--scales", metavar="LIST",
+              help="Scales for the profiles figure (nearest in the sweep), a comma list or A:B:N. "
+                   "[default: five across the range and the one nearest the critical scale]")
+@click.option("--quiet", is_flag=True, help="Do not list the files written.")
+def plot(out, scales, quiet):
+    """Write phase_<cell>, profiles and rates figures (PNG and PDF) into DIR."""
+    chosen = None
+    if scales is not None:
+        try:
+            chosen = parse_scales(scales)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="'--scales'") from None
+    paths = plot_lib.plot_results(out, scales=chosen)
+    if not quiet:
+        for path in paths:
+            click.echo(str(path))

@@ -1,0 +1,239 @@
+r"""Figures of a sweep's results folder (PNG and PDF, matplotlib's Agg canvas, no display).
+
+Public API
+----------
+plot_results(out, *, scales=None)   write every figure below into ``out``; returns the paths
+
+Figures
+-------
+``phase_<cell>``
+    log10_ratio (mean over seeds) over (T, scale) on a diverging colormap centred at 0,
+    contours at ±threshold. Where the mean-field theory applies (rnn, gaussian init,
+    loss="last") it overlays the critical line χ = 1 and the finite-T boundaries
+    :math:`T \cdot \tfrac12\log_{10}\chi = \pm\,\mathrm{threshold}`.
+``profiles``
+    log10‖∂L/∂h_t‖ against t at the longest T, for chosen scales: mean ± standard
+    deviation over all sequences and seeds; for the rnn with gaussian init the dashed
+    lines are the mean-field slope ½log10 χ per step, anchored at t = T.
+``rates``
+    The measured per-step rate (``rate`` in the summary, at the longest T; mean ± std
+    over seeds) against scale, with the theory curve ½ ln χ, and for the lstm the
+    cell-path rate ln σ(b_f).
+
+Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, so no global
+pyplot state or backend is touched.
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import TwoSlopeNorm
+from matplotlib.figure import Figure
+
+from . import theory
+from .sweep import SweepConfig, read_manifest, read_profiles, read_summary
+
+_FORMATS = ("png", "pdf")
+_DPI = 130
+
+
+def _save(fig, out: Path, stem: str):
+    FigureCanvasAgg(fig)
+    paths = []
+    for ext in _FORMATS:
+        path = out / f"{stem}.{ext}"
+        fig.savefig(path, dpi=_DPI, bbox_inches="tight")
+        paths.append(path)
+    return paths
+
+
+def _edges(centres, log):
+    """Cell edges around sorted centres (geometric midpoints on a log axis)."""
+    c = np.log(centres) if log else np.asarray(centres, dtype=float)
+    if len(c) == 1:
+        half = 0.1 * abs(c[0]) if not log else 0.2
+        e = np.array([c[0] - (half or 0.5), c[0] + (half or 0.5)])
+    else:
+        mid = 0.5 * (c[1:] + c[:-1])
+        e = np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+    return np.exp(e) if log else e
+
+
+def _grid(rows, cell, column):
+    """(lengths, scales, mean over seeds of ``column`` as an array [scale, T])."""
+    sel = [r for r in rows if r["cell"] == cell and r[column] is not None]
+    lengths = sorted({r["T"] for r in sel})
+    scales = sorted({r["scale"] for r in sel})
+    acc = defaultdict(list)
+    for r in sel:
+        acc[(r["scale"], r["T"])].append(r[column])
+    Z = np.full((len(scales), len(lengths)), np.nan)
+    for i, s in enumerate(scales):
+        for j, T in enumerate(lengths):
+            if acc[(s, T)]:
+                Z[i, j] = np.mean(acc[(s, T)])
+    return np.array(lengths), np.array(scales), Z
+
+
+def _theory_applies(config: SweepConfig, cell: str) -> bool:
+    return config.theory_applies(cell) and config.loss == "last"
+
+
+def _subtitle(config: SweepConfig, cell: str) -> str:
+    parts = [f"init={config.init}", f"H={config.hidden}", f"input scale {config.input_scale:g}",
+             f"bias scale {config.bias_scale:g}"]
+    if cell == "lstm":
+        parts.append(f"forget bias {config.forget_bias:g}")
+    parts.append(f"{config.seeds} seed(s) × {config.batch} sequences, loss={config.loss}, {config.dtype}")
+    return ", ".join(parts)
+
+
+def plot_phase(rows, config: SweepConfig, cell: str, out: Path):
+    lengths, scales, Z = _grid(rows, cell, "log10_ratio")
+    thr = config.threshold
+    fig = Figure(figsize=(7.2, 5.0))
+    ax = fig.add_subplot()
+    finite = Z[np.isfinite(Z)]
+    lo = min(float(finite.min()) if finite.size else -thr, -1.5 * thr)
+    hi = max(float(finite.max()) if finite.size else thr, 1.5 * thr)
+    mesh = ax.pcolormesh(_edges(lengths, log=True), _edges(scales, log=False), Z,
+                         cmap="RdBu_r", norm=TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi), shading="flat")
+    ax.set_xscale("log")
+    cbar = fig.colorbar(mesh, ax=ax)
+    cbar.set_label(r"$\log_{10}\,\|\partial L/\partial h_0\| \,/\, \|\partial L/\partial h_T\|$  (decades)")
+    if len(lengths) > 1 and len(scales) > 1:
+        cs = ax.contour(lengths, scales, Z, levels=[-thr, thr], colors="k", linewidths=1.2)
+        ax.clabel(cs, fmt={-thr: f"−{thr:g}", thr: f"+{thr:g}"}, fontsize=8)
+    handles = [ax.plot([], [], "k-", lw=1.2, label=f"measured ±{thr:g} decades")[0]]
+    if _theory_applies(config, cell):
+        s_c = theory.critical_scale(config.input_scale, config.bias_scale)
+        handles.append(ax.axhline(s_c, color="0.15", ls="--", lw=1.5,
+                                  label=rf"mean field $\chi=1$ ($S_c$={s_c:.3f})"))
+        s_fine = np.linspace(scales.min(), scales.max(), 600)
+        per_step = 0.5 * np.log10(np.atleast_1d(theory.chi(s_fine, config.input_scale, config.bias_scale)))
+        with np.errstate(divide="ignore"):
+            t_boundary = thr / np.abs(per_step)
+        for side in (per_step < 0, per_step > 0):
+            ax.plot(np.where(side, t_boundary, np.nan), s_fine, color="0.15", ls=":", lw=1.8)
+        handles.append(ax.plot([], [], color="0.15", ls=":", lw=1.8,
+                               label=rf"mean field $T\cdot\frac{{1}}{{2}}\log_{{10}}\chi=\pm{thr:g}$")[0])
+    ax.set_xlim(_edges(lengths, log=True)[[0, -1]])
+    ax.set_ylim(_edges(scales, log=False)[[0, -1]])
+    ax.set_xlabel("sequence length T (steps)")
+    ax.set_ylabel(r"init scale $S$ of $W_{hh}$")
+    ax.set_title(f"{cell}: gradient ratio over T steps\n{_subtitle(config, cell)}", fontsize=9)
+    ax.legend(handles=handles, loc="lower right", fontsize=8, framealpha=0.85)
+    return _save(fig, out, f"phase_{cell}")
+
+
+def _chosen_scales(available, requested, config):
+    if requested:
+        return sorted({available[np.argmin(np.abs(available - s))] for s in requested})
+    picks = list(np.quantile(available, [0.0, 0.25, 0.5, 0.75, 1.0]))
+    if config.init == "gaussian":
+        picks.append(theory.critical_scale(config.input_scale, config.bias_scale))
+    return sorted({available[np.argmin(np.abs(available - s))] for s in picks})
+
+
+def plot_profiles(out: Path, config: SweepConfig, scales=None):
+    cells = list(config.cell)
+    T = max(config.lengths)
+    fig = Figure(figsize=(6.4 * len(cells), 4.6))
+    axes = fig.subplots(1, len(cells), squeeze=False)[0]
+    t = np.arange(T + 1)
+    for ax, cell in zip(axes, cells):
+        data = read_profiles(out, cell, T)
+        available = np.unique(data["scale"])
+        chosen = _chosen_scales(available, scales, config)
+        colours = [colormaps["viridis"](0.9 * i / max(len(chosen) - 1, 1)) for i in range(len(chosen))]
+        for colour, s in zip(colours, chosen):
+            pick = data["scale"] == s
+            means = data["log10_grad_norm_mean"][pick].astype(np.float64)
+            stds = data["log10_grad_norm_std"][pick].astype(np.float64)
+            mean = means.mean(axis=0)
+            spread = np.sqrt((stds**2).mean(axis=0) + means.var(axis=0))  # pooled over seeds
+            ax.plot(t, mean, color=colour, lw=1.4, label=f"S = {s:g}")
+            ax.fill_between(t, mean - spread, mean + spread, color=colour, alpha=0.2, lw=0)
+            if _theory_applies(config, cell):
+                c = theory.chi(s, config.input_scale, config.bias_scale)
+                ax.plot(t, mean[T] + (T - t) * 0.5 * math.log10(c), color=colour, ls="--", lw=0.9)
+        if _theory_applies(config, cell):
+            ax.plot([], [], color="0.3", ls="--", lw=0.9, label=r"mean field slope $\frac{1}{2}\log_{10}\chi$")
+        ax.set_xlabel("time step t")
+        ax.set_ylabel(r"$\log_{10}\,\|\partial L/\partial h_t\|$")
+        ax.set_xlim(0, T)
+        ax.set_title(f"{cell}, T = {T}: mean ± std over sequences and seeds", fontsize=9)
+        ax.legend(fontsize=8, loc="best")
+    return _save(fig, out, "profiles")
+
+
+def plot_rates(rows, out: Path, config: SweepConfig):
+    T = max(config.lengths)
+    fig = Figure(figsize=(6.6, 4.6))
+    ax = fig.add_subplot()
+    markers = {"rnn": "o", "lstm": "s"}
+    for cell in config.cell:
+        by_scale = defaultdict(list)
+        for r in rows:
+            if r["cell"] == cell and r["T"] == T and r["rate"] is not None:
+                by_scale[r["scale"]].append(r["rate"])
+        s = np.array(sorted(by_scale))
+        mean = np.array([np.mean(by_scale[x]) for x in s])
+        std = np.array([np.std(by_scale[x]) for x in s])
+        ax.errorbar(s, mean, yerr=std, fmt=markers.get(cell, "o"), ms=4, capsize=2, lw=1,
+                    label=f"{cell}, measured (T = {T})")
+        if _theory_applies(config, cell):
+            fine = np.linspace(s.min(), s.max(), 400)
+            ax.plot(fine, 0.5 * np.log(np.atleast_1d(theory.chi(fine, config.input_scale, config.bias_scale))),
+                    "k-", lw=1.2, label=r"rnn mean field $\frac{1}{2}\ln\chi$")
+        if cell == "lstm":
+            ax.axhline(-1.0 / theory.forget_timescale(config.forget_bias), color="tab:orange", ls=":", lw=1.2,
+                       label=rf"lstm cell path $\ln\sigma(b_f)$, $b_f$={config.forget_bias:g}")
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.set_xlabel(r"init scale $S$ of $W_{hh}$")
+    ax.set_ylabel(r"per-step rate $\ln(\|\partial L/\partial h_{t-1}\|/\|\partial L/\partial h_t\|)$ (1/step)")
+    ax.set_title(f"per-step gradient rate, fit over the middle half of T = {T}\n"
+                 f"init={config.init}, H={config.hidden}, input scale {config.input_scale:g}, "
+                 f"bias scale {config.bias_scale:g}", fontsize=9)
+    ax.legend(fontsize=8, loc="best")
+    return _save(fig, out, "rates")
+
+
+def plot_results(out, *, scales=None):
+    """Write the phase diagrams, profiles and rates figures of the results folder ``out``.
+
+    Parameters
+    ----------
+    out : path
+        A folder written by :func:`rnnsim.sweep.run_sweep`.
+    scales : sequence of float, optional
+        Scales for the profiles figure (the nearest ones in the sweep are used);
+        default: five spread over the range plus the one nearest the critical scale.
+
+    Returns
+    -------
+    list of Path, the files written.
+    """
+    out = Path(out)
+    manifest = read_manifest(out)
+    config = SweepConfig.from_mapping(manifest.get("config") or {})
+    rows = read_summary(out)
+    if not rows:
+        raise ValueError(f"{out} holds no finished points yet")
+    done = {(r["cell"], r["T"]) for r in rows}
+    longest = max(config.lengths)
+    missing = [c for c in config.cell if (c, longest) not in done]
+    if missing:
+        raise ValueError(f"{out} has no finished points at T={longest} for {', '.join(missing)}; "
+                         "finish the sweep with --resume first")
+    paths = []
+    for cell in config.cell:
+        paths += plot_phase(rows, config, cell, out)
+    paths += plot_profiles(out, config, scales)
+    paths += plot_rates(rows, out, config)
+    return paths
