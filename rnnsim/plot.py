@@ -107,7 +107,7 @@ def plot_phase(rows, config: SweepConfig, cell: str, out: Path):
     cbar = fig.colorbar(mesh, ax=ax)
     cbar.set_label(r"$\log_{10}\,\|\partial L/\partial h_0\| \,/\, \|\partial L/\partial h_T\|$  (decades)")
     if len(lengths) > 1 and len(scales) > 1:
-        cs = ax.contour(lengths, scales, Z, levels=[-thr, thr], colors="k", linewidths=1.2)
+        cs = ax.contour(lengths, scales, Z, levels=[-thr, thr], colors="k", linewidths=1.2, linestyles="solid")
         ax.clabel(cs, fmt={-thr: f"−{thr:g}", thr: f"+{thr:g}"}, fontsize=8)
     handles = [ax.plot([], [], "k-", lw=1.2, label=f"measured ±{thr:g} decades")[0]]
     if _theory_applies(config, cell):

@@ -1,0 +1,328 @@
+"""The sweep library: parsing, configuration, reproducibility, files, resume, theory agreement."""
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+import rnnsim
+from rnnsim import sweep, theory
+from rnnsim.sweep import SweepConfig, parse_cells, parse_lengths, parse_scales
+
+SMALL = {"cell": "rnn,lstm", "hidden": 8, "input-size": 3, "classes": 4, "batch": 3,
+         "lengths": "5,12", "scales": "0.5,1.5,2.5", "seeds": 2}
+
+
+def small_config(**over):
+    return SweepConfig.from_mapping({**SMALL, **over})
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small") / "run"
+    stats = sweep.run_sweep(small_config(), out)
+    return out, stats
+
+
+def snapshot(folder):
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------ parsing
+
+def test_parse_lengths():
+    assert parse_lengths("100,25,50") == (25, 50, 100)
+    assert parse_lengths("10:1000:3") == (10, 100, 1000)
+    assert parse_lengths("7:7:1") == (7,)
+    assert parse_lengths([3, 1]) == (1, 3)
+    assert parse_lengths(" 4 , 8 ") == (4, 8)
+
+
+@pytest.mark.parametrize("bad", ["", "1:2", "1:2:3:4", "a,b", "10,,20", "0,5", "-3", "5,5", "1:3:10",
+                                 "10:1:3", "2.5", "1:10:0", "3:9:1", [], [2.5], ":5:2"])
+def test_parse_lengths_rejects(bad):
+    with pytest.raises(ValueError, match="lengths"):
+        parse_lengths(bad)
+
+
+def test_parse_scales():
+    scales = parse_scales("0.5:3:26")
+    assert len(scales) == 26 and scales[1] == 0.6 and scales[-1] == 3.0  # tidy, exact keys
+    assert parse_scales("2,0.5") == (0.5, 2.0)
+    assert parse_scales([1, 2.5]) == (1.0, 2.5)
+
+
+@pytest.mark.parametrize("bad", ["", "0", "-1,2", "nan", "inf", "1:2:x", "1:2", "2:1:3", "1,1", "0:2:3", "a"])
+def test_parse_scales_rejects(bad):
+    with pytest.raises(ValueError, match="scales"):
+        parse_scales(bad)
+
+
+def test_parse_cells():
+    assert parse_cells("lstm,rnn") == ("rnn", "lstm")
+    assert parse_cells(["lstm"]) == ("lstm",)
+    for bad in ("gru", "rnn,rnn", "rnn,", "", "rnn:lstm", 3):
+        with pytest.raises(ValueError, match="cell"):
+            parse_cells(bad)
+
+
+# ------------------------------------------------------------------ configuration
+
+def test_defaults_round_trip_through_the_manifest_form():
+    config = SweepConfig.from_mapping({})
+    assert SweepConfig.from_mapping(config.as_dict()) == config
+    assert set(config.as_dict()) == set(sweep.DEFAULTS)
+
+
+@pytest.mark.parametrize("key,value,match", [
+    ("hidden", 0, "hidden"), ("batch", -2, "batch"), ("seeds", 0, "seeds"), ("classes", True, "classes"),
+    ("input-size", 2.5, "input-size"), ("init", "xavier", "init"), ("loss", "mean", "loss"),
+    ("dtype", "float16", "dtype"), ("threshold", 0, "threshold"), ("input-scale", -1, "input-scale"),
+    ("bias-scale", math.nan, "bias-scale"), ("forget-bias", "x", "forget-bias"),
+    ("input_scale", 1.0, "unknown configuration key"),
+])
+def test_config_rejects(key, value, match):
+    with pytest.raises(ValueError, match=match):
+        SweepConfig.from_mapping({key: value})
+
+
+def test_load_config_file(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('hidden = 32\nlengths = [10, 20]\ninput-scale = 0.5\ndevice = "cpu"\n')
+    assert sweep.load_config_file(good) == {"hidden": 32, "lengths": [10, 20], "input-scale": 0.5, "device": "cpu"}
+    assert SweepConfig.from_mapping(sweep.load_config_file(good)).lengths == (10, 20)
+    underscore = tmp_path / "u.toml"
+    underscore.write_text("input_scale = 0.5\n")
+    with pytest.raises(ValueError, match="did you mean 'input-scale'"):
+        sweep.load_config_file(underscore)
+    broken = tmp_path / "broken.toml"
+    broken.write_text("hidden = = 3\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        sweep.load_config_file(broken)
+    with pytest.raises(OSError, match="cannot read config file"):
+        sweep.load_config_file(tmp_path / "missing.toml")
+
+
+# ------------------------------------------------------------------ measures
+
+def test_make_data_is_reproducible_and_keyed_by_T_and_seed():
+    x1, y1 = sweep.make_data(20, 3, 4, 5, 7)
+    x2, y2 = sweep.make_data(20, 3, 4, 5, 7)
+    assert np.array_equal(x1, x2) and np.array_equal(y1, y2)
+    assert x1.shape == (4, 20, 5) and y1.shape == (4,) and y1.min() >= 0 and y1.max() < 7
+    assert not np.array_equal(sweep.make_data(20, 4, 4, 5, 7)[0], x1)
+    assert not np.array_equal(sweep.make_data(21, 3, 4, 5, 7)[0][:, :20], x1)
+    assert sweep.make_data(20, 3, 4, 5, 7, loss="every")[1].shape == (4, 20)
+    assert sweep.make_data(20, 3, 4, 5, 7, dtype="float32")[0].dtype == np.float32
+
+
+def test_fit_rate_recovers_a_linear_profile():
+    T = 40
+    t = np.arange(T + 1)
+    profile = np.stack([5.0 - 0.3 * (T - t), 2.0 + 0.1 * (T - t)])  # ln||g_t||, rates -0.3, +0.1
+    profile[:, :5] += 3.0  # a transient at small t is outside the fit window
+    assert sweep.fit_rate(profile, T) == pytest.approx([-0.3, 0.1], abs=1e-12)
+    assert sweep.rate_window(1) == (0, 1) and sweep.rate_window(100) == (25, 75)
+
+
+def test_regime_of():
+    assert list(sweep.regime_of([-2.0, -0.5, 0.5, 1.0, 2.0], 1.0)) == [
+        "vanishing", "stable", "stable", "stable", "exploding"]
+
+
+# ------------------------------------------------------------------ running
+
+def test_summary_profiles_and_manifest(small_run):
+    out, stats = small_run
+    rows = sweep.read_summary(out)
+    config = small_config()
+    assert len(rows) == config.n_points == stats["points_total"] == stats["points_computed"] == 24
+    assert stats["calls"] == 4  # one ensemble call per (cell, T)
+    assert 0 < stats["kernel_seconds"] <= stats["wall_seconds"] and 0 < stats["kernel_share"] <= 1
+    with open(out / sweep.SUMMARY, newline="") as fh:
+        assert tuple(next(csv.reader(fh))) == sweep.SUMMARY_COLUMNS
+    keys = [(r["cell"], r["T"], r["scale"], r["seed"]) for r in rows]
+    assert len(set(keys)) == 24
+    for r in rows:
+        assert r["init"] == "gaussian" and r["hidden"] == 8
+        assert r["regime"] == sweep.regime_of(r["log10_ratio"], 1.0)
+        if r["cell"] == "rnn":
+            assert r["mf_chi"] == pytest.approx(theory.chi(r["scale"], 1.0, 0.0), rel=1e-12)
+            assert r["mf_log10_ratio"] == pytest.approx(r["T"] * 0.5 * math.log10(r["mf_chi"]))
+            assert r["mf_rate"] == pytest.approx(0.5 * math.log(r["mf_chi"]))
+        else:
+            assert r["mf_chi"] is None and r["mf_log10_ratio"] is None and r["mf_regime"] == ""
+        prof = sweep.read_profiles(out, r["cell"], r["T"])
+        assert r["profile_file"] == f"profiles/{r['cell']}_T{r['T']}.npz"
+        i = np.flatnonzero((prof["scale"] == r["scale"]) & (prof["seed"] == r["seed"]))
+        assert len(i) == 1
+        mean = prof["log10_grad_norm_mean"][i[0]]
+        assert mean.shape == (r["T"] + 1,)
+        # The profile's end points give the ratio (mean of differences = difference of means).
+        assert mean[0] - mean[-1] == pytest.approx(r["log10_ratio"], rel=1e-5, abs=1e-5)
+    manifest = json.loads((out / sweep.MANIFEST).read_text())
+    assert manifest["config"] == config.as_dict()
+    assert manifest["status"] == "complete" and manifest["finished"] >= manifest["started"]
+    assert set(manifest["versions"]) == {"rnnsim", "numba", "numpy", "python"}
+    assert manifest["dtype"] == "float64" and manifest["device"] == "cpu" and manifest["device_name"]
+    assert "git_commit" in manifest
+    assert manifest["stats"]["kernel_seconds"] == stats["kernel_seconds"]
+
+
+def test_a_row_is_reproducible_from_init_params_and_make_data(small_run):
+    out, _ = small_run
+    row = next(r for r in sweep.read_summary(out) if r["cell"] == "lstm" and r["T"] == 12 and r["seed"] == 1
+               and r["scale"] == 1.5)
+    params = rnnsim.init_params("lstm", 8, 3, 4, 1, scheme="gaussian", scale=1.5, input_scale=1.0,
+                                bias_scale=0.0, forget_bias=1.0, seed=1)
+    x, y = sweep.make_data(12, 1, 3, 3, 4)
+    g = rnnsim.gradients("lstm", params, x[None], y[None])
+    ratio = (g["log_grad_norm"][0, :, 0] - g["log_grad_norm"][0, :, 12]) / math.log(10)
+    assert row["log10_ratio"] == pytest.approx(ratio.mean(), rel=1e-12)
+    assert row["log10_ratio_std"] == pytest.approx(ratio.std(), rel=1e-10)
+    assert row["loss"] == pytest.approx(float(g["loss"][0]), rel=1e-12)
+
+
+def test_points_do_not_depend_on_the_rest_of_the_grid(small_run, tmp_path):
+    out, _ = small_run
+    other = small_config(cell="rnn", lengths="12,30", scales="1.5,4", seeds=3)
+    sweep.run_sweep(other, tmp_path / "other")
+    a = {(r["scale"], r["seed"]): r for r in sweep.read_summary(out) if r["cell"] == "rnn" and r["T"] == 12}
+    b = {(r["scale"], r["seed"]): r for r in sweep.read_summary(tmp_path / "other") if r["T"] == 12}
+    shared = set(a) & set(b)
+    assert shared == {(1.5, 0), (1.5, 1)}
+    for key in shared:
+        assert a[key]["log10_ratio"] == pytest.approx(b[key]["log10_ratio"], rel=1e-12)
+
+
+def test_memory_split_calls_give_the_same_rows(small_run, tmp_path, monkeypatch):
+    out, _ = small_run
+    monkeypatch.setattr(sweep, "CALL_MEMORY_BYTES", 1)  # one network per call
+    stats = sweep.run_sweep(small_config(cell="rnn", lengths="5"), tmp_path / "split")
+    assert stats["calls"] == 6
+    split = {(r["scale"], r["seed"]): r["log10_ratio"] for r in sweep.read_summary(tmp_path / "split")}
+    whole = {(r["scale"], r["seed"]): r["log10_ratio"] for r in sweep.read_summary(out)
+             if r["cell"] == "rnn" and r["T"] == 5}
+    assert split.keys() == whole.keys()
+    for key in split:
+        assert split[key] == pytest.approx(whole[key], rel=1e-12)
+
+
+def test_resume_computes_only_the_missing_points(small_run, tmp_path):
+    import shutil
+    src, _ = small_run
+    out = tmp_path / "resume"
+    shutil.copytree(src, out)
+    full = (src / sweep.SUMMARY).read_text().splitlines()
+    # As after a crash: the summary lists 10 points; one profile file is gone.
+    (out / sweep.SUMMARY).write_text("\n".join(full[:11]) + "\n")
+    (out / "profiles" / "lstm_T12.npz").unlink()
+    stats = sweep.run_sweep(small_config(), out, resume=True)
+    assert stats["points_computed"] == 14 and stats["points_skipped"] == 10
+    again = sweep.read_summary(out)
+    before = sweep.read_summary(src)
+    assert [(r["cell"], r["T"], r["scale"], r["seed"]) for r in again] == \
+        [(r["cell"], r["T"], r["scale"], r["seed"]) for r in before]
+    for a, b in zip(again, before):
+        assert a["log10_ratio"] == pytest.approx(b["log10_ratio"], rel=1e-12)
+    manifest = sweep.read_manifest(out)
+    assert manifest["status"] == "complete" and len(manifest["earlier_runs"]) == 1
+    # A finished sweep resumes to nothing.
+    assert sweep.run_sweep(small_config(), out, resume=True)["points_computed"] == 0
+
+
+def test_resume_refuses_another_configuration(small_run, tmp_path):
+    import shutil
+    out = tmp_path / "copy"
+    shutil.copytree(small_run[0], out)
+    before = snapshot(out)
+    with pytest.raises(ValueError, match="different configuration.*hidden"):
+        sweep.run_sweep(small_config(hidden=9), out, resume=True)
+    assert snapshot(out) == before
+
+
+def test_existing_folder_needs_resume_or_overwrite(small_run, tmp_path):
+    import shutil
+    out = tmp_path / "copy"
+    shutil.copytree(small_run[0], out)
+    (out / "notes.txt").write_text("mine")
+    before = snapshot(out)
+    with pytest.raises(FileExistsError, match="--resume.*--overwrite"):
+        sweep.run_sweep(small_config(), out)
+    with pytest.raises(ValueError, match="not both"):
+        sweep.run_sweep(small_config(), out, resume=True, overwrite=True)
+    assert snapshot(out) == before
+    stats = sweep.run_sweep(small_config(cell="rnn", lengths="5", scales="1"), out, overwrite=True)
+    assert stats["points_computed"] == 2
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: left alone
+    assert sorted(p.name for p in (out / "profiles").iterdir()) == ["rnn_T5.npz"]
+    assert len(sweep.read_summary(out)) == 2
+
+
+def test_refuses_a_folder_that_is_not_a_results_folder(tmp_path):
+    (tmp_path / "data.csv").write_text("precious")
+    for flags in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(FileExistsError, match="not an rnnsim results folder"):
+            sweep.run_sweep(small_config(), tmp_path, **flags)
+    assert [p.name for p in tmp_path.iterdir()] == ["data.csv"]
+
+
+def test_refuses_a_folder_that_cannot_be_written(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError, match="cannot create results folder"):
+        sweep.run_sweep(small_config(), blocker / "sub")
+    with pytest.raises(FileExistsError, match="not a folder"):
+        sweep.run_sweep(small_config(), blocker)
+    assert blocker.read_text() == "x"
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("old")
+
+    def fail(fh):
+        fh.write(b"partial")
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        sweep.atomic_write(path, fail)
+    assert path.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
+    sweep.atomic_write(path, lambda fh: fh.write(b"new"))
+    assert path.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_orthogonal_and_every_loss_have_no_mean_field_ratio(tmp_path):
+    sweep.run_sweep(small_config(cell="rnn", lengths="6", scales="1", init="orthogonal", seeds=1), tmp_path / "o")
+    (row,) = sweep.read_summary(tmp_path / "o")
+    assert row["mf_chi"] is None and row["init"] == "orthogonal"
+    sweep.run_sweep(small_config(cell="rnn", lengths="6", scales="1", loss="every", seeds=1,
+                                 dtype="float32"), tmp_path / "e")
+    (row,) = sweep.read_summary(tmp_path / "e")
+    assert row["mf_chi"] is not None and row["mf_log10_ratio"] is None
+    assert sweep.read_manifest(tmp_path / "e")["dtype"] == "float32"
+
+
+# ------------------------------------------------------------------ against the theory
+
+@pytest.mark.slow
+def test_measured_rates_and_critical_scale_agree_with_mean_field(tmp_path):
+    """H = 256: per-step rates within a few hundredths of ½ ln χ, and S_c likewise.
+
+    The finite-H bias is E ln‖g‖ < ½ ln E‖g‖² (a slightly negative shift of the rate,
+    about 0.01 at S = 3), which moves the measured critical scale up by about 0.015.
+    """
+    scales = (1.0, 1.5, 1.8, 1.9, 2.0, 2.5)
+    config = SweepConfig.from_mapping({"cell": "rnn", "hidden": 256, "lengths": "400",
+                                       "scales": ",".join(map(str, scales)), "seeds": 4, "batch": 8})
+    sweep.run_sweep(config, tmp_path / "h256")
+    rows = sweep.read_summary(tmp_path / "h256")
+    measured = np.array([np.mean([r["rate"] for r in rows if r["scale"] == s]) for s in scales])
+    predicted = 0.5 * np.log(theory.chi(np.array(scales), 1.0, 0.0))
+    assert np.max(np.abs(measured - predicted)) < 0.03, (measured, predicted)
+    # Critical scale: where the measured rate crosses zero (linear interpolation).
+    k = int(np.flatnonzero(np.diff(np.sign(measured)) > 0)[0])
+    s_sim = scales[k] - measured[k] * (scales[k + 1] - scales[k]) / (measured[k + 1] - measured[k])
+    assert abs(s_sim - theory.critical_scale(1.0, 0.0)) < 0.03, s_sim
