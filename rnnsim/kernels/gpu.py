@@ -256,7 +256,7 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
 # public entry points (called by rnnsim.engine with validated arguments)
 # ----------------------------------------------------------------------------------
 def gradients(problem, params, inputs, targets):
-    """Raw log-domain results (the contract of ``rnnsim.reference.raw_gradients``).
+    r"""Raw log-domain results (the contract of ``rnnsim.reference.raw_gradients``).
 
     Parameters
     ----------
