@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 
 import click
 from click.core import ParameterSource
@@ -71,7 +72,7 @@ def sweep(ctx, config_file, resume, overwrite, quiet, device, out, **flags):
         raise ValueError(f"config file {config_file}: quiet must be true or false")
     quiet = quiet or table.get("quiet", False)
 
-    err = click.get_text_stream("stderr")
+    err = sys.stderr
     hidden = quiet or not err.isatty()
     with contextlib.ExitStack() as stack:
         bar = None
