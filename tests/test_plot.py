@@ -16,18 +16,31 @@ def results(tmp_path_factory):
     return out
 
 
-@pytest.fixture
-def captured(monkeypatch):
-    """Record the figures instead of only saving them."""
-    figures = {}
+def _recording_save(figures):
     real_save = plot._save
 
     def save(fig, out, stem):
         figures[stem] = fig
         return real_save(fig, out, stem)
+    return save
 
-    monkeypatch.setattr(plot, "_save", save)
+
+@pytest.fixture
+def captured(monkeypatch):
+    """Record the figures as well as saving them."""
+    figures = {}
+    monkeypatch.setattr(plot, "_save", _recording_save(figures))
     return figures
+
+
+@pytest.fixture(scope="module")
+def default_plot(results):
+    """The figures of one plot_results call on ``results``, and the paths written."""
+    figures = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plot, "_save", _recording_save(figures))
+        paths = plot.plot_results(results)
+    return figures, paths
 
 
 def _all_axes_labelled(fig):
@@ -38,8 +51,8 @@ def _all_axes_labelled(fig):
             assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), ax.get_title()
 
 
-def test_writes_png_and_pdf_of_every_figure(results, captured):
-    paths = plot.plot_results(results)
+def test_writes_png_and_pdf_of_every_figure(default_plot):
+    captured, paths = default_plot
     names = sorted(p.name for p in paths)
     assert names == sorted(f"{stem}.{ext}" for stem in ("phase_rnn", "phase_lstm", "profiles", "rates")
                            for ext in ("png", "pdf"))
@@ -51,8 +64,8 @@ def test_writes_png_and_pdf_of_every_figure(results, captured):
         _all_axes_labelled(fig)
 
 
-def test_phase_diagram_is_centred_at_zero_with_theory_lines_for_the_rnn_only(results, captured):
-    plot.plot_results(results)
+def test_phase_diagram_is_centred_at_zero_with_theory_lines_for_the_rnn_only(results, default_plot):
+    captured, _ = default_plot
     rnn_ax = captured["phase_rnn"].axes[0]
     mesh = rnn_ax.collections[0]
     assert mesh.norm.vcenter == 0.0 and mesh.norm.vmin < 0 < mesh.norm.vmax
@@ -70,8 +83,8 @@ def test_phase_diagram_is_centred_at_zero_with_theory_lines_for_the_rnn_only(res
     assert not any("mean field" in t for t in lstm_legend)
 
 
-def test_rates_figure_shows_the_measured_rates_and_the_theory_curve(results, captured):
-    plot.plot_results(results)
+def test_rates_figure_shows_the_measured_rates_and_the_theory_curve(default_plot):
+    captured, _ = default_plot
     ax = captured["rates"].axes[0]
     theory_line = next(ln for ln in ax.get_lines() if "ln\\chi" in ln.get_label())
     s, r = theory_line.get_data()
