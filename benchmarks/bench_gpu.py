@@ -1,0 +1,219 @@
+"""GPU benchmark: rnnsim's numba.cuda kernels against two torch baselines, same card.
+
+Usage (on a machine with a GPU; see benchmarks/run_on_gpu.sh)::
+
+    PYTHONPATH=. python benchmarks/bench_gpu.py            # the issue's workload
+    NUMBA_ENABLE_CUDASIM=1 PYTHONPATH=. python benchmarks/bench_gpu.py --small   # smoke test
+
+1. Correctness of ``device="cuda"`` against ``device="cpu"`` at H=128, T=512 (both
+   cells, both dtypes, loss="every", a small E*B so the CPU side is quick): the
+   worst error over every output key, relative to tolerance (abs + rel*|ref|),
+   with PASS/FAIL.
+2. Timing of forward + BPTT for E=64, B=32, H=128, D=16, T=512 (K=10, loss="last"),
+   float32 and float64, both cells: rnnsim (the whole ``rnnsim.gradients`` call,
+   host copies included), torch (a) distinct weights per network (a ``torch.bmm``
+   loop over time plus autograd) and (b) cuDNN nn.RNN/nn.LSTM with one shared
+   weight set for all E*B sequences. Medians of ``--repeats`` runs after a warm-up,
+   with torch.cuda.synchronize around every torch run.
+
+``--small`` runs the same code paths at tiny shapes (under the simulator the torch
+GPU parts are skipped with a message).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+import rnnsim
+from rnnsim.kernels import _cuda, gpu
+
+TOLERANCE = {np.float64: (1e-12, 1e-13), np.float32: (1e-5, 1e-6)}  # rel, abs (x max|ref|)
+
+
+def problem(cell, dtype, E, B, T, D, H, K, loss, seed=0):
+    params = rnnsim.init_params(cell, H, D, K, E, seed=seed, dtype=dtype, bias_scale=0.1,
+                                forget_bias=1.0 if cell == "lstm" else 0.0)
+    rng = np.random.default_rng(seed + 1)
+    inputs = rng.standard_normal((E, B, T, D)).astype(dtype)
+    targets = rng.integers(0, K, size=(E, B) if loss == "last" else (E, B, T))
+    return params, inputs, targets
+
+
+def worst_error(got, want, dtype):
+    """max over keys of |got - want| / (rtol |want| + atol max|want|), and its key."""
+    rtol, afrac = TOLERANCE[dtype]
+    worst, worst_key = 0.0, None
+    for key, ref in want.items():
+        ref = np.asarray(ref, dtype=np.float64)
+        val = np.asarray(got[key], dtype=np.float64)
+        finite = np.isfinite(ref)
+        if not np.array_equal(val[~finite], ref[~finite]):
+            return np.inf, key
+        if not finite.any():
+            continue
+        atol = afrac * np.max(np.abs(ref[finite]))
+        ratio = np.max(np.abs(val[finite] - ref[finite]) / (rtol * np.abs(ref[finite]) + atol + 1e-300))
+        if ratio > worst:
+            worst, worst_key = float(ratio), key
+    return worst, worst_key
+
+
+def check_correctness(shape):
+    print(f"\n== correctness, cuda vs cpu, {shape} ==")
+    ok = True
+    for dtype in (np.float64, np.float32):
+        for cell in ("rnn", "lstm"):
+            params, inputs, targets = problem(cell, dtype, loss="every", **shape)
+            t0 = time.perf_counter()
+            got = rnnsim.gradients(cell, params, inputs, targets, loss="every", device="cuda")
+            t1 = time.perf_counter()
+            want = rnnsim.gradients(cell, params, inputs, targets, loss="every", device="cpu")
+            t2 = time.perf_counter()
+            ratio, key = worst_error(got, want, dtype)
+            rtol = TOLERANCE[dtype][0]
+            passed = ratio <= 1.0
+            ok &= passed
+            print(f"{cell:4s} {np.dtype(dtype).name:7s} worst error = {ratio:.3g} x tolerance "
+                  f"(rel {rtol:g}) at {key!r:24s} {'PASS' if passed else 'FAIL'}   "
+                  f"[cuda {t1 - t0:.2f} s incl. compile, cpu {t2 - t1:.2f} s]")
+    return ok
+
+
+def median_time(fn, repeats, sync=lambda: None):
+    fn()  # warm-up (compiles, allocator)
+    sync()
+    times = []
+    for _ in range(repeats):
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def torch_distinct(torch, cell, dtype, shape, device):
+    """(a) distinct weights per network: a torch.bmm loop over time plus autograd."""
+    E, B, T, D, H, K = (shape[k] for k in ("E", "B", "T", "D", "H", "K"))
+    G = 4 if cell == "lstm" else 1
+    tdt = getattr(torch, np.dtype(dtype).name)
+    gen = torch.Generator(device=device).manual_seed(0)
+
+    def rand(*size, scale):
+        return (torch.randn(*size, generator=gen, device=device, dtype=tdt) * scale).requires_grad_()
+
+    w_ih, w_hh = rand(E, D, G * H, scale=D ** -0.5), rand(E, H, G * H, scale=H ** -0.5)
+    bias, w_out = rand(E, 1, G * H, scale=0.1), rand(E, H, K, scale=H ** -0.5)
+    x = torch.randn(T, E, B, D, generator=gen, device=device, dtype=tdt)
+    targets = torch.randint(0, K, (E * B,), generator=gen, device=device)
+
+    def run():
+        h = torch.zeros(E, B, H, device=device, dtype=tdt)
+        c = torch.zeros_like(h)
+        for t in range(T):
+            a = torch.baddbmm(bias, x[t], w_ih) + torch.bmm(h, w_hh)
+            if cell == "rnn":
+                h = torch.tanh(a)
+            else:
+                i, f, g, o = a.chunk(4, dim=-1)
+                c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+                h = torch.sigmoid(o) * torch.tanh(c)
+        loss = torch.nn.functional.cross_entropy(torch.bmm(h, w_out).reshape(E * B, K), targets)
+        loss.backward()
+
+    return run
+
+
+def torch_cudnn(torch, cell, dtype, shape, device):
+    """(b) cuDNN nn.RNN / nn.LSTM, one shared weight set for all E*B sequences."""
+    E, B, T, D, H, K = (shape[k] for k in ("E", "B", "T", "D", "H", "K"))
+    tdt = getattr(torch, np.dtype(dtype).name)
+    layer = (torch.nn.LSTM if cell == "lstm" else torch.nn.RNN)(D, H, batch_first=True)
+    layer = layer.to(device=device, dtype=tdt)
+    head = torch.nn.Linear(H, K).to(device=device, dtype=tdt)
+    x = torch.randn(E * B, T, D, device=device, dtype=tdt)
+    targets = torch.randint(0, K, (E * B,), device=device)
+
+    def run():
+        out, _ = layer(x)
+        loss = torch.nn.functional.cross_entropy(head(out[:, -1]), targets)
+        loss.backward()
+
+    return run
+
+
+def benchmark(shape, repeats, small):
+    print(f"\n== forward + BPTT timing, {shape}, loss='last', median of {repeats} ==")
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    baseline_device = None
+    if torch is not None and torch.cuda.is_available() and not _cuda.is_simulator():
+        baseline_device = "cuda"
+        torch.backends.cudnn.benchmark = True
+    elif torch is not None and small:
+        baseline_device = "cpu"
+        print("(torch.cuda is not available: torch baselines run on the CPU, as a smoke test only)")
+    else:
+        print(f"(torch baselines skipped: {'torch is not installed' if torch is None else 'torch.cuda is not available'})")
+    sync = torch.cuda.synchronize if baseline_device == "cuda" else (lambda: None)
+    rows = []
+    for dtype in (np.float32, np.float64):
+        for cell in ("rnn", "lstm"):
+            params, inputs, targets = problem(cell, dtype, loss="last", **shape)
+            ours = median_time(lambda: rnnsim.gradients(cell, params, inputs, targets, device="cuda"),
+                               repeats)
+            base_a = base_b = float("nan")
+            if baseline_device is not None:
+                base_a = median_time(torch_distinct(torch, cell, dtype, shape, baseline_device), repeats, sync)
+                base_b = median_time(torch_cudnn(torch, cell, dtype, shape, baseline_device), repeats, sync)
+            rows.append((f"{cell} {np.dtype(dtype).name}", ours, base_a, base_b))
+    print(f"{'':14s} {'rnnsim cuda':>12s} {'(a) bmm loop':>13s} {'(b) cuDNN':>11s} "
+          f"{'(a)/rnnsim':>11s} {'(b)/rnnsim':>11s}")
+    for name, ours, base_a, base_b in rows:
+        print(f"{name:14s} {1e3 * ours:10.2f}ms {1e3 * base_a:11.2f}ms {1e3 * base_b:9.2f}ms "
+              f"{base_a / ours:10.2f}x {base_b / ours:10.2f}x")
+
+
+def device_name():
+    if _cuda.is_simulator():
+        return "CUDA simulator (timings meaningless)"
+    try:
+        import torch
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    name = _cuda.cuda().get_current_device().name
+    return name.decode() if isinstance(name, bytes) else str(name)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", action="store_true", help="tiny shapes (smoke test, simulator)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration")
+    args = parser.parse_args()
+    reason = gpu.unavailable_reason()
+    if reason is not None:
+        raise SystemExit(f"bench_gpu.py needs a GPU or the simulator: {reason}")
+    if args.small:
+        check = dict(E=1, B=2, T=4, D=2, H=3, K=3)
+        bench = dict(E=2, B=2, T=3, D=2, H=3, K=3)
+        repeats = args.repeats or 1
+    else:
+        check = dict(E=2, B=4, T=512, D=16, H=128, K=10)
+        bench = dict(E=64, B=32, T=512, D=16, H=128, K=10)
+        repeats = args.repeats or 5
+    print(f"device: {device_name()}")
+    ok = check_correctness(check)
+    benchmark(bench, repeats, args.small)
+    print("\ncorrectness:", "PASS" if ok else "FAIL")
+    raise SystemExit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
