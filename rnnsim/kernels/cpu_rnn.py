@@ -1,0 +1,86 @@
+r"""Elman (tanh) RNN: @njit forward and log-domain backward for one work item.
+
+A work item is one network and a tile of ``nb`` of its sequences. Buffers are
+time-major, ``(T, nb, ...)``, so each step is one small matrix product over the
+tile and the weight gradients are one large product over all (step, sequence) rows.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._vmath import tanh
+from .cpu_common import jit, renormalise, typed
+
+
+@jit
+def rnn_forward(x, w_ih_t, w_hh_t, bias, pre, hs):
+    r"""Forward recurrence.
+
+    Parameters
+    ----------
+    x : (T, nb, D) inputs
+    w_ih_t, w_hh_t : (D, H), (H, H) transposed weights
+    bias : (H,) b_ih + b_hh
+    pre : (T, nb, H) scratch; holds the input projections (overwritten by backward)
+    hs : (T+1, nb, H) out; hs[0] = 0, hs[t] = h_t
+
+    Notes
+    -----
+    :math:`h_t = \tanh(W_{ih} x_t + b_{ih} + W_{hh} h_{t-1} + b_{hh})`.
+    Keeps for the backward: ``hs`` (all h_t; tanh' = 1 - h_t^2 needs nothing else).
+    """
+    T, nb, D = x.shape
+    H = hs.shape[2]
+    # Input projections of every step at once: one (T*nb, D) x (D, H) product.
+    np.dot(x.reshape(T * nb, D), w_ih_t, pre.reshape(T * nb, H))
+    hs[0] = 0
+    recurrent = np.empty((nb, H), x.dtype)
+    for t in range(T):
+        np.dot(hs[t], w_hh_t, recurrent)
+        for b in range(nb):
+            for j in range(H):
+                hs[t + 1, b, j] = tanh(pre[t, b, j] + bias[j] + recurrent[b, j])
+
+
+@jit
+def rnn_backward(hs, w_hh, local, local_log, mant_h, scale, da, da_scale, log_h):
+    r"""Log-domain BPTT through the recurrence.
+
+    Parameters
+    ----------
+    hs : (T+1, nb, H) from :func:`rnn_forward`
+    w_hh : (H, H)
+    local : (T+1, nb, H) per-step dL/dh_t from the loss (only ``local[T]`` is used
+        for loss "last"; pass an array with a zero-length first axis and ``mant_h``
+        already holding dL/dh_T)
+    local_log : (T+1, nb) ln ||local||
+    mant_h : (nb, H) in: mantissa of dL/dh_T at scale ``scale``; clobbered
+    scale : (nb,) float64 in/out
+    da : (T, nb, H) out: mantissas of dL/da_t (time index t-1)
+    da_scale : (T, nb) out: their log-scales
+    log_h : (nb, T+1) out: ln ||dL/dh_t||
+
+    Notes
+    -----
+    :math:`\delta a_t = \delta h_t \odot (1 - h_t^2)`,
+    :math:`\delta h_{t-1} = W_{hh}^T \delta a_t + \partial \ell_{t-1} / \partial h_{t-1}`.
+    """
+    T = da.shape[0]
+    nb, H = mant_h.shape
+    one = typed(hs, 1.0)
+    no_c = np.empty((nb, 0), hs.dtype)
+    use_local = local.shape[0] > 0
+    for t in range(T, 0, -1):
+        for b in range(nb):
+            log_h[b, t] = scale[b]  # mant_h has unit norm (or is zero with scale -inf)
+            da_scale[t - 1, b] = scale[b]
+            for j in range(H):
+                h = hs[t, b, j]
+                da[t - 1, b, j] = mant_h[b, j] * (one - h * h)
+        np.dot(da[t - 1], w_hh, mant_h)
+        if use_local:
+            renormalise(scale, mant_h, no_c, local[t - 1], local_log[t - 1])
+        else:
+            renormalise(scale, mant_h, no_c, local[:0, 0], local_log[:0, 0])
+    for b in range(nb):
+        log_h[b, 0] = scale[b]
