@@ -7,8 +7,8 @@ plot_results(out, *, scales=None)   write every figure below into ``out``; retur
 Figures
 -------
 ``phase_<cell>``
-    log10_ratio (mean over seeds) over (T, scale) on a diverging colormap centred at 0,
-    contours at ±threshold. Where the mean-field theory applies (rnn, gaussian init,
+    log10_ratio (mean over seeds) over (T, scale) on a diverging colormap centred at 0
+    (symmetric-log colour scale, linear within ±threshold), contours at ±threshold. Where the mean-field theory applies (rnn, gaussian init,
     loss="last") it overlays the critical line χ = 1 and the finite-T boundaries
     :math:`T \cdot \tfrac12\log_{10}\chi = \pm\,\mathrm{threshold}`.
 ``profiles``
@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import TwoSlopeNorm
+from matplotlib.colors import SymLogNorm
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from . import theory
 from .sweep import SweepConfig, read_manifest, read_profiles, read_summary
@@ -98,13 +99,16 @@ def plot_phase(rows, config: SweepConfig, cell: str, out: Path):
     thr = config.threshold
     fig = Figure(figsize=(7.2, 5.0))
     ax = fig.add_subplot()
-    finite = Z[np.isfinite(Z)]
-    lo = min(float(finite.min()) if finite.size else -thr, -1.5 * thr)
-    hi = max(float(finite.max()) if finite.size else thr, 1.5 * thr)
+    # Symmetric log colour scale, linear within ±threshold: ratios run from a few
+    # decades to hundreds, and a linear scale would leave everything but the extremes
+    # white. Symmetric limits keep 0 at the centre of the diverging colormap.
+    finite = np.abs(Z[np.isfinite(Z)])
+    limit = max(float(finite.max()) if finite.size else 0.0, 1.5 * thr)
+    norm = SymLogNorm(linthresh=thr, linscale=0.6, vmin=-limit, vmax=limit, base=10)
     mesh = ax.pcolormesh(_edges(lengths, log=True), _edges(scales, log=False), Z,
-                         cmap="RdBu_r", norm=TwoSlopeNorm(vmin=lo, vcenter=0.0, vmax=hi), shading="flat")
+                         cmap="RdBu_r", norm=norm, shading="flat")
     ax.set_xscale("log")
-    cbar = fig.colorbar(mesh, ax=ax)
+    cbar = fig.colorbar(mesh, ax=ax, format=FuncFormatter(lambda v, _: f"{v:g}"))
     cbar.set_label(r"$\log_{10}\,\|\partial L/\partial h_0\| \,/\, \|\partial L/\partial h_T\|$  (decades)")
     if len(lengths) > 1 and len(scales) > 1:
         cs = ax.contour(lengths, scales, Z, levels=[-thr, thr], colors="k", linewidths=1.2, linestyles="solid")

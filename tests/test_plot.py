@@ -68,12 +68,13 @@ def test_phase_diagram_is_centred_at_zero_with_theory_lines_for_the_rnn_only(res
     captured, _ = default_plot
     rnn_ax = captured["phase_rnn"].axes[0]
     mesh = rnn_ax.collections[0]
-    assert mesh.norm.vcenter == 0.0 and mesh.norm.vmin < 0 < mesh.norm.vmax
     rows = [r for r in sweep.read_summary(results) if r["cell"] == "rnn"]
     seed_mean = [np.mean([r["log10_ratio"] for r in rows if (r["T"], r["scale"]) == key])
                  for key in {(r["T"], r["scale"]) for r in rows}]
-    assert mesh.norm.vmin == pytest.approx(min(seed_mean)) and mesh.norm.vmax == pytest.approx(max(max(seed_mean), 1.5))  # at least ±1.5 threshold
     assert np.sort(mesh.get_array().compressed()) == pytest.approx(np.sort(seed_mean))
+    assert mesh.norm(0.0) == pytest.approx(0.5)  # white at 0
+    assert mesh.norm.vmin == -mesh.norm.vmax and mesh.norm.vmax == pytest.approx(max(np.abs(seed_mean)))
+    assert mesh.norm(-1.0) == pytest.approx(1 - mesh.norm(1.0))
     s_c = theory.critical_scale(1.0, 0.0)
     horizontal = [ln for ln in rnn_ax.get_lines() if len(set(ln.get_ydata())) == 1 and len(ln.get_ydata()) == 2]
     assert any(abs(ln.get_ydata()[0] - s_c) < 1e-12 for ln in horizontal)
