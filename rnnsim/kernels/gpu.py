@@ -132,7 +132,7 @@ def _bytes_per_network(problem, with_gradients):
     """Device bytes that one network of the ensemble needs (activations + outputs)."""
     B, T, D, H, K, G = problem.B, problem.T, problem.D, problem.H, problem.K, problem.G
     item = problem.dtype.itemsize
-    words = G * H * (D + H + 2) + K * (H + 1) + B * T * D  # params and inputs
+    words = G * H * (D + 2 * H + 2) + K * (H + 1) + B * T * D  # params (W_hh twice) and inputs
     words += B * (T + 1) * H  # h
     if problem.cell == "lstm":
         words += B * (T + 1) * H + B * T * G * H  # c and the gates
@@ -167,11 +167,19 @@ def _chunks(E, size):
 # ----------------------------------------------------------------------------------
 # private host driver
 # ----------------------------------------------------------------------------------
+def _params_to_device(cuda, params, nets):
+    """The chunk's parameters on the device, plus W_hh transposed for the forward kernels."""
+    d_params = {k: cuda.to_device(v[nets]) for k, v in params.items()}
+    d_params["weight_hh_t"] = cuda.to_device(
+        np.ascontiguousarray(params["weight_hh_l0"][nets].transpose(0, 2, 1)))
+    return d_params
+
+
 def _run_forward(cuda, problem, kernels, d_params, d_x, n_nets, tile, threads):
     """Forward recurrence of one chunk; returns the device activations."""
     B, T, H = problem.B, problem.T, problem.H
     acts = {"h": cuda.device_array((n_nets, B, T + 1, H), dtype=problem.dtype)}
-    weights = (d_params["weight_ih_l0"], d_params["weight_hh_l0"],
+    weights = (d_params["weight_ih_l0"], d_params["weight_hh_t"],
                d_params["bias_ih_l0"], d_params["bias_hh_l0"], d_x)
     if problem.cell == "rnn":
         _launch_recurrence(cuda, problem, kernels, "rnn_forward", (*weights, acts["h"]),
@@ -193,7 +201,7 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
     h_offset = 1 if every else T  # output step j reads h_{j + h_offset}
     kernels = _cell_kernels(problem.cell, problem.dtype.name, tile, threads)
     common = _common_kernels(threads)
-    d_params = {k: cuda.to_device(v[nets]) for k, v in params.items()}
+    d_params = _params_to_device(cuda, params, nets)
     d_x = cuda.to_device(inputs[nets])
     d_targets = cuda.to_device(np.ascontiguousarray(targets[nets].reshape(n, B, steps)))
     acts = _run_forward(cuda, problem, kernels, d_params, d_x, n, tile, threads)
@@ -297,7 +305,7 @@ def forward(problem, params, inputs):
     out = {k: np.empty((problem.E, problem.B, problem.T, problem.H), dtype=problem.dtype)
            for k in (("h", "c") if problem.cell == "lstm" else ("h",))}
     for nets in _chunks(problem.E, size):
-        d_params = {k: cuda.to_device(v[nets]) for k, v in params.items()}
+        d_params = _params_to_device(cuda, params, nets)
         acts = _run_forward(cuda, problem, kernels, d_params, cuda.to_device(inputs[nets]),
                             nets.stop - nets.start, tile, threads)
         for k in out:

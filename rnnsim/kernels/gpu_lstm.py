@@ -47,8 +47,9 @@ def make_kernels(dtype, tile, threads):
     gate_accumulators = 4 * S  # a named constant: local.array needs a literal size
     coefficients = log_add_coefficients()
 
-    def lstm_forward(w_ih, w_hh, b_ih, b_hh, x, h_store, c_store, gates_store, w_in_shared):
-        """Grid (E, ceil(B/tile)). Keeps h_store and c_store[e, b, t] for t = 0..T
+    def lstm_forward(w_ih, w_hh_t, b_ih, b_hh, x, h_store, c_store, gates_store, w_in_shared):
+        """Grid (E, ceil(B/tile)); w_hh_t is W_hh transposed, (E, H, 4H), so that threads
+        of consecutive units read consecutive words. Keeps h_store and c_store[e, b, t] for t = 0..T
         (zero at t = 0) and the activated gates gates_store[e, b, t-1] = (i, f, g, o)
         of step t: BPTT needs all three, and h_{t-1} for dW_hh.
 
@@ -60,13 +61,13 @@ def make_kernels(dtype, tile, threads):
         B = x.shape[1]
         T = x.shape[2]
         D = x.shape[3]
-        H = w_hh.shape[2]
+        H = w_hh_t.shape[1]
         G = 4 * H
         sh = cuda.shared.array(0, real)
         off_h = G * H if w_in_shared else 0
         if w_in_shared:
             for idx in range(tid, G * H, TPB):
-                sh[(idx % H) * G + idx // H] = w_hh[e, idx // H, idx % H]
+                sh[idx] = w_hh_t[e, idx // G, idx % G]
         for idx in range(tid, 2 * S * H, TPB):
             sh[off_h + idx] = 0
         for idx in range(tid, S * H, TPB):
@@ -79,39 +80,72 @@ def make_kernels(dtype, tile, threads):
             prev = off_h + ((t - 1) % 2) * S * H
             cur = off_h + (t % 2) * S * H
             for j in range(tid, H, TPB):
-                for q in range(4):
-                    r = q * H + j
-                    bias = b_ih[e, r] + b_hh[e, r]
-                    for s in range(S):
-                        a = bias
-                        if b0 + s < B:
-                            for d in range(D):
-                                a += w_ih[e, r, d] * x[e, b0 + s, t - 1, d]
-                        acc[q * S + s] = a
+                # the four gate rows of unit j, written out so that the accumulators
+                # stay in registers (a loop over gates left them in local memory)
+                bias_i = b_ih[e, j] + b_hh[e, j]
+                bias_f = b_ih[e, H + j] + b_hh[e, H + j]
+                bias_g = b_ih[e, 2 * H + j] + b_hh[e, 2 * H + j]
+                bias_o = b_ih[e, 3 * H + j] + b_hh[e, 3 * H + j]
+                for s in range(S):
+                    a_i = bias_i
+                    a_f = bias_f
+                    a_g = bias_g
+                    a_o = bias_o
+                    if b0 + s < B:
+                        for d in range(D):
+                            xv = x[e, b0 + s, t - 1, d]
+                            a_i += w_ih[e, j, d] * xv
+                            a_f += w_ih[e, H + j, d] * xv
+                            a_g += w_ih[e, 2 * H + j, d] * xv
+                            a_o += w_ih[e, 3 * H + j, d] * xv
+                    acc[s] = a_i
+                    acc[S + s] = a_f
+                    acc[2 * S + s] = a_g
+                    acc[3 * S + s] = a_o
                 for k in range(H):
-                    for q in range(4):
-                        w = sh[k * G + q * H + j] if w_in_shared else w_hh[e, q * H + j, k]
-                        for s in range(S):
-                            acc[q * S + s] += w * sh[prev + s * H + k]
+                    if w_in_shared:
+                        w_i = sh[k * G + j]
+                        w_f = sh[k * G + H + j]
+                        w_g = sh[k * G + 2 * H + j]
+                        w_o = sh[k * G + 3 * H + j]
+                    else:
+                        w_i = w_hh_t[e, k, j]
+                        w_f = w_hh_t[e, k, H + j]
+                        w_g = w_hh_t[e, k, 2 * H + j]
+                        w_o = w_hh_t[e, k, 3 * H + j]
+                    for s in range(S):
+                        hk = sh[prev + s * H + k]
+                        acc[s] += w_i * hk
+                        acc[S + s] += w_f * hk
+                        acc[2 * S + s] += w_g * hk
+                        acc[3 * S + s] += w_o * hk
+                # pre-activations go through gates_store (this thread's own words) rather
+                # than being indexed by s in a loop too large to unroll, which would
+                # push the accumulators into local memory
+                for s in range(S):
+                    if b0 + s < B:
+                        gates_store[e, b0 + s, t - 1, j] = acc[s]
+                        gates_store[e, b0 + s, t - 1, H + j] = acc[S + s]
+                        gates_store[e, b0 + s, t - 1, 2 * H + j] = acc[2 * S + s]
+                        gates_store[e, b0 + s, t - 1, 3 * H + j] = acc[3 * S + s]
                 for s in range(S):
                     b = b0 + s
-                    ig = 0.5 * (1.0 + math.tanh(0.5 * acc[s]))  # sigmoid without overflow
-                    fg = 0.5 * (1.0 + math.tanh(0.5 * acc[S + s]))
-                    gg = math.tanh(acc[2 * S + s])
-                    og = 0.5 * (1.0 + math.tanh(0.5 * acc[3 * S + s]))
-                    c_prev = 0.0
-                    if b < B and t > 1:
-                        c_prev = c_store[e, b, t - 1, j]  # written by this thread last step
-                    cv = fg * c_prev + ig * gg
-                    hv = og * math.tanh(cv)
-                    sh[cur + s * H + j] = hv
+                    hv = 0.0  # padding sequences of the last tile stay at zero
                     if b < B:
+                        ig = 0.5 * (1.0 + math.tanh(0.5 * gates_store[e, b, t - 1, j]))  # sigmoid
+                        fg = 0.5 * (1.0 + math.tanh(0.5 * gates_store[e, b, t - 1, H + j]))
+                        gg = math.tanh(gates_store[e, b, t - 1, 2 * H + j])
+                        og = 0.5 * (1.0 + math.tanh(0.5 * gates_store[e, b, t - 1, 3 * H + j]))
+                        c_prev = c_store[e, b, t - 1, j]  # written by this thread last step
+                        cv = fg * c_prev + ig * gg
+                        hv = og * math.tanh(cv)
                         h_store[e, b, t, j] = hv
                         c_store[e, b, t, j] = cv
                         gates_store[e, b, t - 1, j] = ig
                         gates_store[e, b, t - 1, H + j] = fg
                         gates_store[e, b, t - 1, 2 * H + j] = gg
                         gates_store[e, b, t - 1, 3 * H + j] = og
+                    sh[cur + s * H + j] = hv
             cuda.syncthreads()
 
     def lstm_backward(w_hh, w_out, h_store, c_store, gates_store, dlogits, every,

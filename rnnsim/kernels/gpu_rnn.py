@@ -44,8 +44,10 @@ def make_kernels(dtype, tile, threads):
     parts = max(1, TPB // rows)  # threads per sum in the first reduction stage
     coefficients = log_add_coefficients()
 
-    def rnn_forward(w_ih, w_hh, b_ih, b_hh, x, h_store, w_in_shared):
-        """Grid (E, ceil(B/tile)). Keeps h_store[e, b, t] = h_t for t = 0..T (h_0 = 0):
+    def rnn_forward(w_ih, w_hh_t, b_ih, b_hh, x, h_store, w_in_shared):
+        """Grid (E, ceil(B/tile)); w_hh_t is W_hh transposed, (E, H, H), so that threads
+        of consecutive units read consecutive words. Keeps h_store[e, b, t] = h_t for
+        t = 0..T (h_0 = 0):
         BPTT needs h_t for tanh' and h_{t-1} for dW_hh.
 
         Dynamic shared memory: [W_hh^T (H*H) if w_in_shared | h_{t-1}, h_t (2*tile*H)].
@@ -56,12 +58,12 @@ def make_kernels(dtype, tile, threads):
         B = x.shape[1]
         T = x.shape[2]
         D = x.shape[3]
-        H = w_hh.shape[2]
+        H = w_hh_t.shape[2]
         sh = cuda.shared.array(0, real)
         off_h = H * H if w_in_shared else 0
-        if w_in_shared:  # transposed, so that threads of consecutive units read consecutive words
+        if w_in_shared:
             for idx in range(tid, H * H, TPB):
-                sh[(idx % H) * H + idx // H] = w_hh[e, idx // H, idx % H]
+                sh[idx] = w_hh_t[e, idx // H, idx % H]
         for idx in range(tid, 2 * S * H, TPB):
             sh[off_h + idx] = 0
         for idx in range(tid, S * H, TPB):
@@ -81,7 +83,7 @@ def make_kernels(dtype, tile, threads):
                             a += w_ih[e, r, d] * x[e, b0 + s, t - 1, d]
                     acc[s] = a
                 for k in range(H):
-                    w = sh[k * H + r] if w_in_shared else w_hh[e, r, k]
+                    w = sh[k * H + r] if w_in_shared else w_hh_t[e, k, r]
                     for s in range(S):
                         acc[s] += w * sh[prev + s * H + k]
                 for s in range(S):
