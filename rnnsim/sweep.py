@@ -83,7 +83,7 @@ DEFAULTS = {
     "hidden": 64,
     "input-size": 8,
     "classes": 10,
-    "batch": 16,
+    "batch": 8,
     "lengths": "10:1000:11",
     "scales": "0.5:3:26",
     "init": "gaussian",
