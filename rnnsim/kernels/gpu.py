@@ -87,10 +87,10 @@ def _shared_limit(cuda):
     return int(getattr(device, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", _DEFAULT_SHARED_LIMIT))
 
 
-def _plan_shared(cuda, problem, kernel, tile, threads):
+def _plan_shared(cuda, problem, kernel, tile, threads, limit=None):
     """(dynamic bytes, W_hh in shared?) for ``kernel``; W_hh goes to L2 when it does not fit."""
     module = _CELL_MODULES[problem.cell]
-    limit = _shared_limit(cuda)
+    limit = _shared_limit(cuda) if limit is None else limit
     for w_in_shared in (True, False):
         dynamic, static = module.shared_bytes(kernel, problem.dtype, tile, threads, problem.H, w_in_shared)
         if dynamic + static <= limit:
@@ -120,7 +120,15 @@ def _allow_dynamic_shared(cuda, kernel, args, nbytes):
 def _launch_recurrence(cuda, problem, kernels, name, args_before_flag, tile, threads, n_nets):
     dynamic, w_in_shared = _plan_shared(cuda, problem, name, tile, threads)
     args = (*args_before_flag, w_in_shared)
-    _allow_dynamic_shared(cuda, kernels[name], args, dynamic)
+    try:
+        _allow_dynamic_shared(cuda, kernels[name], args, dynamic)
+    except Exception as exc:  # an untested driver/binding combination: keep W_hh in L2
+        import warnings
+
+        warnings.warn(f"shared-memory opt-in failed ({type(exc).__name__}: {exc}); "
+                      "reading W_hh from global memory", RuntimeWarning, stacklevel=2)
+        dynamic, w_in_shared = _plan_shared(cuda, problem, name, tile, threads, _DEFAULT_SHARED_LIMIT)
+        args = (*args_before_flag, w_in_shared)
     grid = (n_nets, -(-problem.B // tile))
     kernels[name][grid, threads, 0, dynamic](*args)
 
