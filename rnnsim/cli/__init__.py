@@ -17,6 +17,10 @@ class _Group(click.Group):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:
+            # One line, without click's usage block: scripts grep stderr.
+            click.echo(f"Error: {exc.format_message()}", err=True)
+            ctx.exit(2)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
         except (ValueError, TypeError, OSError, RuntimeError, KeyError) as exc:

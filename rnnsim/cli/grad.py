@@ -1,8 +1,107 @@
-"""``rnnsim grad``: gradients for weights brought from PyTorch (placeholder, filled in next)."""
+"""``rnnsim grad``: gradients for weights brought from PyTorch."""
+from __future__ import annotations
+
+import os
+import tempfile
+
 import click
+import numpy as np
+
+from .. import gradients
+from ._common import device_option
+
+
+def _load(path: str, what: str):
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise click.BadParameter(f"{path}: no such file", param_hint=what) from None
+    except Exception as exc:  # corrupt, truncated, pickled objects, a folder, ...
+        raise click.BadParameter(f"cannot read {path}: {str(exc).splitlines()[0]}", param_hint=what) from None
+
+
+def _load_params(path: str) -> dict:
+    archive = _load(path, "--params")
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise click.BadParameter(f"{path} is a single array; expected an .npz archive of named arrays",
+                                 param_hint="--params")
+    with archive:
+        try:
+            return {key: archive[key] for key in archive.files}
+        except Exception as exc:
+            raise click.BadParameter(f"cannot read {path}: {str(exc).splitlines()[0]}",
+                                     param_hint="--params") from None
+
+
+def _load_array(path: str, what: str) -> np.ndarray:
+    arr = _load(path, what)
+    if not isinstance(arr, np.ndarray):
+        arr.close()
+        raise click.BadParameter(f"{path} is an .npz archive; expected a single .npy array", param_hint=what)
+    return arr
+
+
+def _write_npz(path: str, arrays: dict) -> None:
+    """Write atomically: a temporary file in the same folder, then rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".rnnsim-", suffix=".npz", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, **arrays)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 @click.command()
-def grad():
-    """Compute gradients (not yet implemented)."""
-    raise NotImplementedError
+@click.option("--cell", type=click.Choice(["rnn", "lstm"]), required=True, help="Recurrent cell.")
+@click.option("--params", "params_path", required=True, metavar="P.npz",
+              help="np.savez of a torch state dict (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0) "
+                   "plus weight_out (K, H) and bias_out (K,); leading ensemble axis optional.")
+@click.option("--inputs", "inputs_path", required=True, metavar="X.npy",
+              help="Inputs (B, T, D), or (E, B, T, D) with an ensemble axis; float32 or float64.")
+@click.option("--targets", "targets_path", required=True, metavar="Y.npy",
+              help="Integer class targets: (B,) for --loss last, (B, T) for --loss every "
+                   "(with a leading E axis when the params have one).")
+@click.option("--loss", type=click.Choice(["last", "every"]), default="last", show_default=True,
+              help="Cross-entropy at the final step, or averaged over every step.")
+@device_option
+@click.option("--out", "out_path", required=True, metavar="G.npz", help="Where to write the gradients.")
+@click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
+def grad(cell, params_path, inputs_path, targets_path, loss, device, out_path, force):
+    """Exact gradients and log-domain gradient-norm profiles for given weights.
+
+    G.npz holds the keys of rnnsim.gradients: one gradient per parameter, loss,
+    log_grad_norm (B, T+1), log_grad_norm_c (lstm) and log_grad_norm_params. When
+    the files have no ensemble axis, neither has G.npz.
+    """
+    if os.path.exists(out_path) and not force:
+        raise click.BadParameter(f"{out_path} already exists; pass --force to overwrite it",
+                                 param_hint="--out")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(out_path))):
+        raise click.BadParameter(f"the folder of {out_path} does not exist", param_hint="--out")
+    params = _load_params(params_path)
+    inputs = _load_array(inputs_path, "--inputs")
+    targets = _load_array(targets_path, "--targets")
+
+    # Without an ensemble axis in the weights, everything is one network.
+    single = params.get("weight_hh_l0") is not None and np.ndim(params["weight_hh_l0"]) == 2
+    if single:
+        if inputs.ndim != 3:
+            raise click.BadParameter(f"the params have no ensemble axis, so inputs must be (B, T, D); "
+                                     f"got shape {inputs.shape}", param_hint="--inputs")
+        params = {k: v[None] for k, v in params.items()}
+        inputs, targets = inputs[None], targets[None]
+
+    result = gradients(cell, params, inputs, targets, loss=loss, device=device)
+    if single:
+        result = {k: v[0] for k, v in result.items()}
+    _write_npz(out_path, result)
+    losses = np.atleast_1d(result["loss"])
+    norms = np.atleast_1d(result["log_grad_norm_params"])
+    click.echo(f"wrote {out_path}: {losses.size} network(s), loss {np.mean(losses):.6g} (mean), "
+               f"ln|grad| {np.mean(norms):.6g} (mean)")

@@ -168,8 +168,9 @@ def _merge_tiles(parts, part_scale, item_net, E):
     """
     top = np.full(E, -np.inf)
     np.maximum.at(top, item_net, part_scale)
-    finite = np.isfinite(part_scale)
-    factor = np.where(finite, np.exp(np.where(finite, part_scale - top[item_net], 0.0)), 0.0)
+    finite = np.isfinite(part_scale)  # a tile whose adjoints are all zero has scale -inf
+    with np.errstate(invalid="ignore"):
+        factor = np.where(finite, np.exp(np.where(finite, part_scale - top[item_net], 0.0)), 0.0)
     merged = {}
     for key, part in parts.items():
         out = np.zeros((E,) + part.shape[1:], dtype=np.float64)

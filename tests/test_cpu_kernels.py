@@ -1,0 +1,82 @@
+"""Numba CPU kernels against the NumPy reference (float64 to 1e-12, float32 to 1e-5)."""
+import numpy as np
+import pytest
+
+import rnnsim
+from rnnsim import config, reference
+from helpers import assert_close, assert_outputs_close, make_problem
+
+SHAPES = [  # E, B, T, D, H, K
+    (3, 5, 7, 3, 4, 3),
+    (1, 1, 1, 1, 1, 2),  # every size at its minimum
+    (2, 4, 1, 2, 5, 3),  # T = 1
+    (1, 6, 9, 2, 1, 2),  # H = 1
+    (4, 1, 6, 3, 6, 5),  # B = 1
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("loss", ["last", "every"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "E{}B{}T{}D{}H{}K{}".format(*s))
+def test_cpu_gradients_match_reference(shape, loss, cell, dtype):
+    params, x, y = make_problem(cell, *shape, loss=loss, dtype=dtype, seed=sum(shape))
+    got = rnnsim.gradients(cell, params, x, y, loss=loss, device="cpu")
+    ref = reference.gradients(cell, params, x, y, loss=loss)
+    for key in got:
+        if key.startswith("log_") or key == "loss":
+            continue
+        assert got[key].dtype == dtype, key
+    assert_outputs_close(got, ref, dtype)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("loss", ["last", "every"])
+def test_sequence_tiles_merge_exactly(monkeypatch, cell, loss):
+    """Several tiles per network (2, 2, 1 sequences) give the one-tile answer."""
+    params, x, y = make_problem(cell, 2, 5, 6, 3, 4, 3, loss=loss, seed=3)
+    whole = rnnsim.gradients(cell, params, x, y, loss=loss)
+    monkeypatch.setattr(config, "CPU_SEQUENCE_TILE", 2)
+    from rnnsim.kernels import cpu
+    assert len(cpu._work_items(2, 5)[0]) == 6
+    tiled = rnnsim.gradients(cell, params, x, y, loss=loss)
+    assert_outputs_close(tiled, whole, np.float64)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+def test_forward_matches_reference(cell, dtype):
+    params, x, _ = make_problem(cell, 3, 4, 6, 2, 5, 3, dtype=dtype)
+    got = rnnsim.forward(cell, params, x)
+    ref = reference.forward(cell, params, x)
+    assert got["h"].shape == (3, 4, 6, 5) and got["h"].dtype == dtype
+    assert_close(got["h"], ref["h"][:, :, 1:], {np.float64: 1e-12, np.float32: 1e-5}[dtype], name="h")
+    if cell == "lstm":
+        assert_close(got["c"], ref["c"][:, :, 1:], {np.float64: 1e-12, np.float32: 1e-5}[dtype], name="c")
+    else:
+        assert set(got) == {"h"}
+
+
+def test_saturated_units_give_exact_zero_adjoints():
+    """tanh saturates to exactly ±1 in float64: dL/dh_{t<T} is exactly 0, ln -> -inf, no NaN."""
+    params, x, y = make_problem("rnn", 1, 2, 4, 2, 3, 2)
+    params["bias_ih_l0"][:] = 50.0  # tanh(50) == 1.0 exactly
+    got = rnnsim.gradients("rnn", params, x, y)
+    ref = reference.gradients("rnn", params, x, y)
+    assert np.all(got["log_grad_norm"][..., :4] == -np.inf)
+    assert np.isfinite(got["log_grad_norm"][..., 4]).all()
+    for key in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0"):
+        assert np.all(got[key] == 0), key
+    assert_outputs_close(got, ref, np.float64)
+
+
+def test_zero_readout_gives_zero_gradients_and_minus_inf_logs():
+    params, x, y = make_problem("lstm", 2, 3, 4, 2, 3, 3)
+    params["weight_out"][:] = 0
+    got = rnnsim.gradients("lstm", params, x, y)
+    assert np.all(got["log_grad_norm"] == -np.inf) and np.all(got["log_grad_norm_c"] == -np.inf)
+    for key in ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"):
+        assert np.all(got[key] == 0), key
+    assert np.any(got["weight_out"] != 0)  # the readout itself still learns
+    assert np.isfinite(got["log_grad_norm_params"]).all()
+    assert_outputs_close(got, reference.gradients("lstm", params, x, y), np.float64)
