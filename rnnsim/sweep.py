@@ -507,13 +507,15 @@ def _format(value):
     return str(value)
 
 
-def _summary_bytes(rows) -> bytes:
+def _csv_line(row) -> str:
     buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(SUMMARY_COLUMNS)
-    for row in rows:
-        writer.writerow([_format(row[c]) for c in SUMMARY_COLUMNS])
-    return buf.getvalue().encode()
+    csv.writer(buf, lineterminator="\n").writerow([_format(row[c]) for c in SUMMARY_COLUMNS])
+    return buf.getvalue()
+
+
+def _summary_bytes(lines) -> bytes:
+    """The summary file from already formatted rows (formatted once: the file is rewritten often)."""
+    return (",".join(SUMMARY_COLUMNS) + "\n" + "".join(lines)).encode()
 
 
 def _owned_files(out: Path):
@@ -808,6 +810,7 @@ def run_sweep(config: SweepConfig, out, *, device="cpu", resume=False, overwrite
         progress(0, total, "")
 
     order = {c: i for i, c in enumerate(config.cell)}
+    lines = {(order[r["cell"]], r["T"], r["scale"], r["seed"]): _csv_line(r) for r in done_rows.values()}
     kernel_seconds = 0.0
     computed = 0
     data_cache, data_key = {}, None
@@ -821,7 +824,8 @@ def run_sweep(config: SweepConfig, out, *, device="cpu", resume=False, overwrite
         _merge_profiles(out, cell, T, profiles)
         for row in rows:
             done_rows[(cell, T, row["scale"], row["seed"])] = row
-        ordered = sorted(done_rows.values(), key=lambda r: (order[r["cell"]], r["T"], r["scale"], r["seed"]))
+            lines[(order[cell], T, row["scale"], row["seed"])] = _csv_line(row)
+        ordered = [lines[k] for k in sorted(lines)]
         atomic_write(out / SUMMARY, lambda fh: fh.write(_summary_bytes(ordered)))
         computed += len(points)
         if progress is not None:
