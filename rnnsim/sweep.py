@@ -650,12 +650,19 @@ def _networks_per_call(config, cell, T):
     return max(1, CALL_MEMORY_BYTES // per_network)
 
 
-def _run_call(config, cell, T, points, device, data_cache):
-    """One ensemble call for ``points`` = [(scale, seed), ...]; returns (rows, profiles, seconds)."""
-    networks = [init_params(cell, config.hidden, config.input_size, config.classes, 1, scheme=config.init,
-                            scale=scale, input_scale=config.input_scale, bias_scale=config.bias_scale,
-                            forget_bias=config.forget_bias, seed=seed, dtype=config.dtype)
-                for scale, seed in points]
+def _run_call(config, cell, T, points, device, data_cache, network_cache):
+    """One ensemble call for ``points`` = [(scale, seed), ...]; returns (rows, profiles, seconds).
+
+    ``network_cache`` keeps each (cell, scale, seed) network for the next T (the same
+    weights at every length); ``data_cache`` keeps each seed's data of this T.
+    """
+    for scale, seed in points:
+        if (cell, scale, seed) not in network_cache:
+            network_cache[(cell, scale, seed)] = init_params(
+                cell, config.hidden, config.input_size, config.classes, 1, scheme=config.init, scale=scale,
+                input_scale=config.input_scale, bias_scale=config.bias_scale, forget_bias=config.forget_bias,
+                seed=seed, dtype=config.dtype)
+    networks = [network_cache[(cell, scale, seed)] for scale, seed in points]
     params = {k: np.concatenate([p[k] for p in networks]) for k in networks[0]}
     for _, seed in points:
         if seed not in data_cache:
@@ -814,10 +821,13 @@ def run_sweep(config: SweepConfig, out, *, device="cpu", resume=False, overwrite
     kernel_seconds = 0.0
     computed = 0
     data_cache, data_key = {}, None
+    network_cache, network_key = {}, None
     for cell, T, points in calls:
         if data_key != T:
             data_cache, data_key = {}, T
-        rows, profiles, seconds = _run_call(config, cell, T, points, resolved, data_cache)
+        if network_key != cell:  # calls run cell by cell: keep one cell's networks at a time
+            network_cache, network_key = {}, cell
+        rows, profiles, seconds = _run_call(config, cell, T, points, resolved, data_cache, network_cache)
         kernel_seconds += seconds
         _add_mean_field(rows, config, chi_of_scale)
         # Profiles first: a summary row never points at a profile that is not on disk.
