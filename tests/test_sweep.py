@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -292,6 +293,12 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["f.txt"]
     sweep.atomic_write(path, lambda fh: fh.write(b"new"))
     assert path.read_text() == "new" and len(list(tmp_path.iterdir())) == 1
+    umask = os.umask(0o022)
+    try:
+        sweep.atomic_write(path, lambda fh: fh.write(b"mode"))
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o644  # like any new file, not mkstemp's 0600
 
 
 def test_orthogonal_and_every_loss_have_no_mean_field_ratio(tmp_path):
