@@ -18,8 +18,8 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:
-            # One line, without click's usage block: scripts grep stderr.
-            click.echo(f"Error: {exc.format_message()}", err=True)
+            # One line, without click's usage block ("Usage: ...", "Try ...", blank line).
+            click.echo(f"Error: {' '.join(exc.format_message().split())}", err=True)
             ctx.exit(2)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
@@ -37,18 +37,10 @@ def main():
     """Exact gradients through time for ensembles of RNNs and LSTMs."""
 
 
-def _register():
-    # Each command lives in its own module; importing registers nothing by side effect.
-    from .grad import grad
-    main.add_command(grad)
-    for name in ("theory", "sweep", "plot"):
-        try:
-            module = __import__(f"{__name__}.{name}", fromlist=[name])
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise
-            continue
-        main.add_command(getattr(module, name))
+from .grad import grad  # noqa: E402  (commands import the group's helpers)
+from .plot import plot  # noqa: E402
+from .sweep import sweep  # noqa: E402
+from .theory import theory  # noqa: E402
 
-
-_register()
+for _command in (grad, sweep, plot, theory):
+    main.add_command(_command)

@@ -5,10 +5,9 @@ import click
 
 from .. import plot as plot_lib
 from ..sweep import parse_scales
-from ._oneline import OneLineCommand
 
 
-@click.command(cls=OneLineCommand)
+@click.command()
 @click.argument("out", metavar="DIR")
 @click.option("--scales", metavar="LIST",
               help="Scales for the profiles figure (nearest in the sweep), a comma list or A:B:N. "

@@ -11,7 +11,6 @@ from .. import sweep as sweep_lib
 from ..init import SCHEMES
 from .._validate import LOSSES
 from ._common import device_option
-from ._oneline import OneLineCommand
 
 DEFAULT_OUT = "rnnsim-sweep"
 _D = sweep_lib.DEFAULTS
@@ -21,7 +20,7 @@ def _default(key):
     return f"[default: {_D[key]}]"
 
 
-@click.command(cls=OneLineCommand)
+@click.command()
 @click.option("--cell", metavar="LIST", help=f"Cells, a comma list of rnn, lstm. {_default('cell')}")
 @click.option("--hidden", type=int, metavar="H", help=f"Hidden size. {_default('hidden')}")
 @click.option("--input-size", type=int, metavar="D", help=f"Input size. {_default('input-size')}")

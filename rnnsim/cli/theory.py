@@ -8,14 +8,13 @@ import click
 
 from .. import theory as th
 from ..sweep import parse_scales
-from ._oneline import OneLineCommand
 
 
 def _finite_or_none(x):
     return float(x) if math.isfinite(x) else None
 
 
-@click.command(cls=OneLineCommand)
+@click.command()
 @click.option("--scale", "scales", required=True, metavar="S",
               help="Recurrent scale S (W_hh ~ N(0, S²/H)): a value, a comma list, or A:B:N evenly spaced.")
 @click.option("--input-scale", type=float, default=1.0, show_default=True, metavar="U",
