@@ -27,13 +27,27 @@ from .cpu_rnn import rnn_backward, rnn_forward
 
 
 @njit(inline="always")
-def _time_major(inputs, e, b0, nb):
+def _forward_item(is_lstm, inputs, e, b0, nb, w_ih_t, w_hh_t, bias):
+    """Run one work item forward; returns the buffers that BPTT keeps.
+
+    x (T, nb, D) time-major inputs; hs (T+1, nb, H); pre (T, nb, G*H) pre-activations
+    (rnn) or activated gates (lstm); cs, tanh_cs (lstm only, empty for the rnn).
+    """
     T, D = inputs.shape[2], inputs.shape[3]
+    H, GH = w_hh_t.shape[1], w_hh_t.shape[2]
     x = np.empty((T, nb, D), inputs.dtype)
     for b in range(nb):
         for t in range(T):
             x[t, b] = inputs[e, b0 + b, t]
-    return x
+    hs = np.empty((T + 1, nb, H), inputs.dtype)
+    pre = np.empty((T, nb, GH), inputs.dtype)
+    cs = np.empty((T + 1 if is_lstm else 0, nb, H), inputs.dtype)
+    tanh_cs = np.empty((T if is_lstm else 0, nb, H), inputs.dtype)
+    if is_lstm:
+        lstm_forward(x, w_ih_t[e], w_hh_t[e], bias[e], pre, hs, cs, tanh_cs)
+    else:
+        rnn_forward(x, w_ih_t[e], w_hh_t[e], bias[e], pre, hs)
+    return x, hs, pre, cs, tanh_cs
 
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
@@ -48,15 +62,8 @@ def _gradients_items(is_lstm, loss_every, inputs, targets, w_ih_t, w_hh_t, w_hh,
     for item in prange(item_net.shape[0]):
         e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
         nb = b1 - b0
-        x = _time_major(inputs, e, b0, nb)
-        hs = np.empty((T + 1, nb, H), inputs.dtype)
-        da = np.empty((T, nb, GH), inputs.dtype)  # pre-activations, then their adjoints
-        cs = np.empty((T + 1 if is_lstm else 0, nb, H), inputs.dtype)
-        tanh_cs = np.empty((T if is_lstm else 0, nb, H), inputs.dtype)
-        if is_lstm:
-            lstm_forward(x, w_ih_t[e], w_hh_t[e], bias[e], da, hs, cs, tanh_cs)
-        else:
-            rnn_forward(x, w_ih_t[e], w_hh_t[e], bias[e], da, hs)
+        # ``da`` holds the pre-activations/gates, then (in place) their adjoints.
+        x, hs, da, cs, tanh_cs = _forward_item(is_lstm, inputs, e, b0, nb, w_ih_t, w_hh_t, bias)
 
         # Readout: loss terms and the per-step adjoints dl/dh they inject.
         if loss_every:
@@ -105,21 +112,11 @@ def _gradients_items(is_lstm, loss_every, inputs, targets, w_ih_t, w_hh_t, w_hh,
 
 @njit(parallel=True, cache=True, fastmath=FASTMATH)
 def _forward_items(is_lstm, inputs, w_ih_t, w_hh_t, bias, item_net, item_b0, item_b1, h_out, c_out):
-    E, B, T, D = inputs.shape
-    H = w_hh_t.shape[1]
-    GH = w_hh_t.shape[2]
+    T = inputs.shape[2]
     for item in prange(item_net.shape[0]):
         e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
         nb = b1 - b0
-        x = _time_major(inputs, e, b0, nb)
-        hs = np.empty((T + 1, nb, H), inputs.dtype)
-        pre = np.empty((T, nb, GH), inputs.dtype)
-        cs = np.empty((T + 1 if is_lstm else 0, nb, H), inputs.dtype)
-        tanh_cs = np.empty((T if is_lstm else 0, nb, H), inputs.dtype)
-        if is_lstm:
-            lstm_forward(x, w_ih_t[e], w_hh_t[e], bias[e], pre, hs, cs, tanh_cs)
-        else:
-            rnn_forward(x, w_ih_t[e], w_hh_t[e], bias[e], pre, hs)
+        _, hs, _, cs, _ = _forward_item(is_lstm, inputs, e, b0, nb, w_ih_t, w_hh_t, bias)
         for b in range(nb):
             for t in range(T):
                 h_out[e, b0 + b, t] = hs[t + 1, b]

@@ -15,6 +15,7 @@ import math
 
 import numpy as np
 from numba import njit
+from numba.extending import overload
 
 from .. import config
 
@@ -22,12 +23,22 @@ FASTMATH = set(config.NUMBA_FASTMATH)
 jit = njit(cache=True, fastmath=FASTMATH, nogil=True)
 
 
-@njit(cache=True, inline="always")
 def typed(like, value):
-    """``value`` cast to ``like``'s dtype (numba promotes float32 op python-float to float64)."""
-    tmp = np.empty(1, like.dtype)
-    tmp[0] = value
-    return tmp[0]
+    """``value`` cast to ``like``'s dtype, inside @njit code.
+
+    numba promotes ``float32 op python-float`` to float64; constants built with this
+    keep float32 kernels in float32 (and at float32 vector width).
+    """
+    raise TypeError("typed() is only for @njit code")
+
+
+@overload(typed, inline="always")
+def _typed(like, value):
+    target = like.dtype  # a numba type: calling it in jitted code is a cast
+
+    def impl(like, value):
+        return target(value)
+    return impl
 
 
 @jit
