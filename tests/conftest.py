@@ -3,7 +3,8 @@
 The CUDA simulator must be chosen before numba is first imported, so it cannot
 share a process with the CPU tests:
 
-- ``pytest``                          runs everything except the ``cudasim`` tests;
+- ``pytest``                          runs everything except the ``cudasim`` (GPU
+  kernel) tests, unless a real GPU is usable, in which case it runs them too;
 - ``NUMBA_ENABLE_CUDASIM=1 pytest``   runs only the ``cudasim`` tests.
 
 Deselected tests are reported as deselected, never as passed or skipped.
@@ -13,7 +14,15 @@ import os
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
+def _real_gpu():
+    from rnnsim.kernels import gpu
+
+    return gpu.unavailable_reason() is None
+
+
 def pytest_collection_modifyitems(config, items):
+    if not SIMULATOR and _real_gpu():
+        return  # on a GPU machine the GPU tests run on the device, beside the rest
     keep, drop = [], []
     for item in items:
         wants_simulator = item.get_closest_marker("cudasim") is not None
