@@ -11,6 +11,9 @@ The math is that of :mod:`rnnsim.reference`; the pieces here are
   that carries a loss term, fully parallel, with a per-block sum of the losses;
 * ``log_add_coefficients``: one log-domain BPTT update, done by one thread per
   sequence from four block-reduced sums (see its docstring);
+* ``recurrence_device_functions``: the steps that both cells' recurrence kernels
+  share (W_hh staging, zeroing, the backward projection, the loss term, the
+  block reduction of per-sequence sums and the log-domain state update);
 * ``scale_weights``: S* = max log-scale of a network and the per-(b, t) weights
   exp(s_bt - S*);
 * ``weight_gradient_gemm``: sum_n A[n, r] * w_n * [h_n, x_n, 1][c], a per-network
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -103,6 +107,196 @@ def log_add_coefficients():
         return m + math.log(n2), ca, cb, log_mh, log_mc
 
     return coefficients
+
+
+# Per-sequence sums that every backward step reduces over the block, as rows
+# ``SUM_* * tile + s`` of the reduction buffers; the lstm appends its own after these.
+SUM_BB, SUM_LL, SUM_BL = range(3)  # |back|^2, |local|^2, back . local
+
+# Columns of the backward kernels' per-sequence state (shared memory, float64);
+# STATE_LOG_MC exists only in the lstm's state.
+STATE_SCALE, STATE_CA, STATE_CB, STATE_LOG_MH, STATE_LOG_MC = range(5)
+
+
+@lru_cache(maxsize=None)
+def recurrence_device_functions(num_sums, tile, threads):
+    r"""Device functions that the rnn and lstm recurrence kernels share.
+
+    Parameters
+    ----------
+    num_sums : int
+        Per-sequence sums reduced in every backward step (rows ``num_sums * tile``).
+    tile, threads : int
+        Sequences and threads per block, compile-time constants of the kernels.
+
+    Returns
+    -------
+    types.SimpleNamespace
+        The device functions by name. Kernels bind them to local names (numba
+        cannot type attribute access on a Python object).
+
+    Notes
+    -----
+    The block-wide functions take ``tid``, the thread index, and stride by the block
+    size. None of them contains a barrier or refers to ``cuda``: every
+    ``syncthreads`` stays in the kernels, where it is plain that all threads reach
+    it, and the simulator swaps its per-launch ``cuda`` module only into the
+    kernels' own globals. They are ``register_jitable`` for the reason given in
+    :func:`log_add_coefficients`; NVVM inlines them (the sm_90 PTX has no calls),
+    so shared and local arrays passed in keep their address spaces.
+    """
+    from numba.cuda.extending import register_jitable
+
+    S, TPB = tile, threads
+    rows = num_sums * S
+    parts = max(1, TPB // rows)  # threads per sum in the first reduction stage
+    coefficients = log_add_coefficients()
+
+    @register_jitable
+    def stage_matrix(sh, w, e, tid):
+        """sh[r * C + c] = w[e, r, c]: network e's (R, C) matrix, row-major, in shared memory."""
+        C = w.shape[2]
+        for idx in range(tid, w.shape[1] * C, TPB):
+            sh[idx] = w[e, idx // C, idx % C]
+
+    @register_jitable
+    def zero_shared(sh, start, count, tid):
+        """sh[start:start + count] = 0."""
+        for idx in range(tid, count, TPB):
+            sh[start + idx] = 0
+
+    @register_jitable
+    def zero_first_step(store, e, b0, tid):
+        """store[e, b, 0] = 0 for the real sequences b of the tile starting at b0."""
+        B = store.shape[1]
+        H = store.shape[3]
+        for idx in range(tid, S * H, TPB):
+            if b0 + idx // H < B:
+                store[e, b0 + idx // H, 0, idx % H] = 0
+
+    @register_jitable
+    def init_state(state, tid):
+        """The zero adjoint: log-scale and log-norms -inf, coefficients 0."""
+        for s in range(tid, S, TPB):
+            state[s, STATE_SCALE] = -math.inf
+            state[s, STATE_CA] = 0.0
+            state[s, STATE_CB] = 0.0
+            for col in range(STATE_LOG_MH, state.shape[1]):
+                state[s, col] = -math.inf
+
+    @register_jitable
+    def record_step(state, da_scale, log_h, e, b0, t, tid):
+        """da_scale[e, b, t-1] = s_b and log_h[e, b, t] = s_b + ln|mant_h| (real sequences)."""
+        B = log_h.shape[1]
+        for s in range(tid, S, TPB):
+            if b0 + s < B:
+                da_scale[e, b0 + s, t - 1] = state[s, STATE_SCALE]
+                log_h[e, b0 + s, t] = state[s, STATE_SCALE] + state[s, STATE_LOG_MH]
+
+    @register_jitable
+    def record_log_norm(state, col, out, e, b0, t, tid):
+        """out[e, b, t] = s_b + state[s, col] (a log-norm column) for the real sequences."""
+        B = out.shape[1]
+        for s in range(tid, S, TPB):
+            if b0 + s < B:
+                out[e, b0 + s, t] = state[s, STATE_SCALE] + state[s, col]
+
+    @register_jitable
+    def loss_step(t, T, steps, every):
+        """(has_loss, j): does step u = t - 1 carry a loss term, and its output index j.
+
+        The last step always does (it is the only one for loss="last"); with
+        loss="every", steps 1..T do and output j = u - 1 reads h_u.
+        """
+        u = t - 1
+        has_loss = u == T or (every and u >= 1)
+        j = steps - 1 if u == T else u - 1
+        return has_loss, j
+
+    @register_jitable
+    def back_projection(acc, sh, w_hh, off_da, e, k, w_in_shared, active):
+        """acc[s] = (W_hh^T da_s)[k] for the tile, or 0 where not ``active``.
+
+        W_hh is (R, H) (R = H for the rnn, 4H for the lstm); da_s lies at
+        sh[off_da + s * R:][:R] and W_hh at sh[0:R * H] when ``w_in_shared``.
+        """
+        R = w_hh.shape[1]
+        H = w_hh.shape[2]
+        for s in range(S):
+            acc[s] = 0
+        if active:
+            for r in range(R):
+                w = sh[r * H + k] if w_in_shared else w_hh[e, r, k]
+                for s in range(S):
+                    acc[s] += w * sh[off_da + s * R + r]
+
+    @register_jitable
+    def local_term(w_out, dlogits, has_loss, e, b, j, k):
+        """(W_out^T dlogits[e, b, j])[k], the new loss term's dL/dh; 0 without one
+        or for a padding sequence b >= B."""
+        loc = 0.0
+        if has_loss and b < dlogits.shape[1]:
+            for c in range(w_out.shape[1]):
+                loc += w_out[e, c, k] * dlogits[e, b, j, c]
+        return loc
+
+    @register_jitable
+    def store_back_local(sh, off_back, off_local, H, sums, s, k, back, loc):
+        """Keep unit k of back and local for sequence s, and add to its three pair sums."""
+        sh[off_back + s * H + k] = back
+        sh[off_local + s * H + k] = loc
+        sums[SUM_BB * S + s] += back * back
+        sums[SUM_LL * S + s] += loc * loc
+        sums[SUM_BL * S + s] += back * loc
+
+    @register_jitable
+    def publish_sums(sums, red, tid):
+        """red[:, tid] = this thread's per-sequence sums; red is (rows, TPB)."""
+        for i in range(rows):
+            red[i, tid] = sums[i]
+
+    @register_jitable
+    def reduce_stage1(red, red2, tid):
+        """Block reduction, stage 1 (after a barrier on ``publish_sums``): red2[row, q] =
+        the sum of red[row, q::parts], ``parts`` threads per row; red2 is (rows, parts)."""
+        for idx in range(tid, rows * parts, TPB):
+            row = idx // parts
+            q = idx % parts
+            total = 0.0
+            for i in range(q, TPB, parts):
+                total += red[row, i]
+            red2[row, q] = total
+
+    @register_jitable
+    def sequence_sum(red2, row):
+        """Block reduction, stage 2 (after a barrier on ``reduce_stage1``): the total of
+        one row, i.e. one sum of one sequence."""
+        total = 0.0
+        for q in range(parts):
+            total += red2[row, q]
+        return total
+
+    @register_jitable
+    def log_add_update(red2, state, s, cc):
+        """Sequence s's log-domain step (:func:`log_add_coefficients`) from its reduced
+        pair sums and |carry|^2 = ``cc``; updates its state row in place."""
+        bb = sequence_sum(red2, SUM_BB * S + s)
+        ll = sequence_sum(red2, SUM_LL * S + s)
+        bl = sequence_sum(red2, SUM_BL * S + s)
+        scale, ca, cb, log_mh, log_mc = coefficients(state[s, STATE_SCALE], bb, cc, ll, bl)
+        state[s, STATE_SCALE] = scale
+        state[s, STATE_CA] = ca
+        state[s, STATE_CB] = cb
+        state[s, STATE_LOG_MH] = log_mh
+        if state.shape[1] > STATE_LOG_MC:  # the lstm also carries dL/dc
+            state[s, STATE_LOG_MC] = log_mc
+
+    return SimpleNamespace(
+        stage_matrix=stage_matrix, zero_shared=zero_shared, zero_first_step=zero_first_step,
+        init_state=init_state, record_step=record_step, record_log_norm=record_log_norm,
+        loss_step=loss_step, back_projection=back_projection, local_term=local_term,
+        store_back_local=store_back_local, publish_sums=publish_sums, reduce_stage1=reduce_stage1,
+        sequence_sum=sequence_sum, log_add_update=log_add_update, rows=rows, parts=parts)
 
 
 def make_common_kernels(threads):

@@ -26,10 +26,12 @@ import numpy as np
 from ._cuda import cuda as _numba_cuda
 
 cuda = None  # numba.cuda, bound by the factories below (never at import time)
-from .gpu_common import array_type, log_add_coefficients
+from .gpu_common import (STATE_CA, STATE_CB, STATE_LOG_MC, STATE_LOG_MH, STATE_SCALE,
+                         array_type, recurrence_device_functions)
 
-# Per-sequence sums reduced in every backward step.
-SUM_BB, SUM_CC, SUM_LL, SUM_BL, SUM_DC = range(5)  # |back|^2 |carry|^2 |local|^2 back.local |dc|^2
+# Per-sequence sums reduced in every backward step: gpu_common's SUM_BB, SUM_LL,
+# SUM_BL, then these two.
+SUM_CC, SUM_DC = 3, 4  # |carry|^2, |dc|^2
 NUM_SUMS = 5
 
 
@@ -42,10 +44,15 @@ def make_kernels(dtype, tile, threads):
 
     real = from_dtype(np.dtype(dtype))
     S, TPB = tile, threads
-    rows = NUM_SUMS * S
-    parts = max(1, TPB // rows)
     gate_accumulators = 4 * S  # a named constant: local.array needs a literal size
-    coefficients = log_add_coefficients()
+    dev = recurrence_device_functions(NUM_SUMS, S, TPB)
+    rows, parts = dev.rows, dev.parts
+    # local names: numba cannot type attribute access on the namespace
+    stage_matrix, zero_shared, zero_first_step = dev.stage_matrix, dev.zero_shared, dev.zero_first_step
+    init_state, record_step, record_log_norm = dev.init_state, dev.record_step, dev.record_log_norm
+    loss_step, back_projection, local_term = dev.loss_step, dev.back_projection, dev.local_term
+    store_back_local, publish_sums, reduce_stage1 = dev.store_back_local, dev.publish_sums, dev.reduce_stage1
+    sequence_sum, log_add_update = dev.sequence_sum, dev.log_add_update
 
     def lstm_forward(w_ih, w_hh_t, b_ih, b_hh, x, h_store, c_store, gates_store, w_in_shared):
         """Grid (E, ceil(B/tile)); w_hh_t is W_hh transposed, (E, H, 4H), so that threads
@@ -66,14 +73,10 @@ def make_kernels(dtype, tile, threads):
         sh = cuda.shared.array(0, real)
         off_h = G * H if w_in_shared else 0
         if w_in_shared:
-            for idx in range(tid, G * H, TPB):
-                sh[idx] = w_hh_t[e, idx // G, idx % G]
-        for idx in range(tid, 2 * S * H, TPB):
-            sh[off_h + idx] = 0
-        for idx in range(tid, S * H, TPB):
-            if b0 + idx // H < B:
-                h_store[e, b0 + idx // H, 0, idx % H] = 0
-                c_store[e, b0 + idx // H, 0, idx % H] = 0
+            stage_matrix(sh, w_hh_t, e, tid)
+        zero_shared(sh, off_h, 2 * S * H, tid)
+        zero_first_step(h_store, e, b0, tid)
+        zero_first_step(c_store, e, b0, tid)
         cuda.syncthreads()
         acc = cuda.local.array(gate_accumulators, real)
         for t in range(1, T + 1):
@@ -164,7 +167,6 @@ def make_kernels(dtype, tile, threads):
         T = h_store.shape[2] - 1
         H = h_store.shape[3]
         G = 4 * H
-        K = w_out.shape[1]
         steps = dlogits.shape[2]
         sh = cuda.shared.array(0, real)
         off_da = G * H if w_in_shared else 0
@@ -175,16 +177,9 @@ def make_kernels(dtype, tile, threads):
         red2 = cuda.shared.array((rows, parts), float64)
         state = cuda.shared.array((S, 5), float64)  # scale, ca, cb, log|mant_h|, log|mant_c|
         if w_in_shared:
-            for idx in range(tid, G * H, TPB):
-                sh[idx] = w_hh[e, idx // H, idx % H]
-        for idx in range(tid, S * G + 3 * S * H, TPB):
-            sh[off_da + idx] = 0
-        for s in range(tid, S, TPB):
-            state[s, 0] = -math.inf
-            state[s, 1] = 0.0
-            state[s, 2] = 0.0
-            state[s, 3] = -math.inf
-            state[s, 4] = -math.inf
+            stage_matrix(sh, w_hh, e, tid)
+        zero_shared(sh, off_da, S * G + 3 * S * H, tid)
+        init_state(state, tid)
         cuda.syncthreads()
         acc = cuda.local.array(S, real)
         sums = cuda.local.array(rows, float64)
@@ -199,8 +194,9 @@ def make_kernels(dtype, tile, threads):
                         dc = 0.0
                         carry = 0.0
                         if b < B:
-                            ca = state[s, 1]
-                            mh = ca * sh[off_back + s * H + j] + state[s, 2] * sh[off_local + s * H + j]
+                            ca = state[s, STATE_CA]
+                            mh = (ca * sh[off_back + s * H + j]
+                                  + state[s, STATE_CB] * sh[off_local + s * H + j])
                             mc = ca * sh[off_carry + s * H + j]
                             ig = gates_store[e, b, t - 1, j]
                             fg = gates_store[e, b, t - 1, H + j]
@@ -228,72 +224,32 @@ def make_kernels(dtype, tile, threads):
                         sh[off_da + s * G + 3 * H + j] = d_o
                         sh[off_carry + s * H + j] = carry  # this thread owns unit j in phase 2 too
                         sums[SUM_DC * S + s] += dc * dc
-                for s in range(tid, S, TPB):
-                    if b0 + s < B:
-                        da_scale[e, b0 + s, t - 1] = state[s, 0]
-                        log_h[e, b0 + s, t] = state[s, 0] + state[s, 3]
+                record_step(state, da_scale, log_h, e, b0, t, tid)
                 cuda.syncthreads()
             # ---- phase 2: back = W_hh^T da, local = W_out^T dlogits of step t-1
-            u = t - 1
-            has_loss = u == T or (every and u >= 1)
-            j_out = steps - 1 if u == T else u - 1
+            has_loss, j_out = loss_step(t, T, steps, every)
             for k in range(tid, H, TPB):
+                back_projection(acc, sh, w_hh, off_da, e, k, w_in_shared, t <= T)
                 for s in range(S):
-                    acc[s] = 0
-                if t <= T:
-                    for r in range(G):
-                        w = sh[r * H + k] if w_in_shared else w_hh[e, r, k]
-                        for s in range(S):
-                            acc[s] += w * sh[off_da + s * G + r]
-                for s in range(S):
-                    loc = 0.0
-                    if has_loss and b0 + s < B:
-                        for c in range(K):
-                            loc += w_out[e, c, k] * dlogits[e, b0 + s, j_out, c]
-                    back = acc[s] + 0.0
-                    carry = sh[off_carry + s * H + k] + 0.0
-                    sh[off_back + s * H + k] = back
-                    sh[off_local + s * H + k] = loc
-                    sums[SUM_BB * S + s] += back * back
+                    loc = local_term(w_out, dlogits, has_loss, e, b0 + s, j_out, k)
+                    store_back_local(sh, off_back, off_local, H, sums, s, k, acc[s] + 0.0, loc)
+                    carry = sh[off_carry + s * H + k] + 0.0  # as stored by phase 1, in float64
                     sums[SUM_CC * S + s] += carry * carry
-                    sums[SUM_LL * S + s] += loc * loc
-                    sums[SUM_BL * S + s] += back * loc
-            for i in range(rows):
-                red[i, tid] = sums[i]
+            # ---- block reduction of the per-sequence sums: stage 1, `parts` threads per row
+            publish_sums(sums, red, tid)
             cuda.syncthreads()
-            for idx in range(tid, rows * parts, TPB):
-                row = idx // parts
-                q = idx % parts
-                total = 0.0
-                for i in range(q, TPB, parts):
-                    total += red[row, i]
-                red2[row, q] = total
+            reduce_stage1(red, red2, tid)
             cuda.syncthreads()
+            # ---- the log-domain update, one thread per sequence; |dc|^2 gives log_c
             for s in range(tid, S, TPB):
-                bb = 0.0
-                cc = 0.0
-                ll = 0.0
-                bl = 0.0
-                dcs = 0.0
-                for q in range(parts):
-                    bb += red2[SUM_BB * S + s, q]
-                    cc += red2[SUM_CC * S + s, q]
-                    ll += red2[SUM_LL * S + s, q]
-                    bl += red2[SUM_BL * S + s, q]
-                    dcs += red2[SUM_DC * S + s, q]
                 if t <= T and b0 + s < B:
-                    log_c[e, b0 + s, t] = state[s, 0] + (0.5 * math.log(dcs) if dcs > 0.0 else -math.inf)
-                scale, ca, cb, log_mh, log_mc = coefficients(state[s, 0], bb, cc, ll, bl)
-                state[s, 0] = scale
-                state[s, 1] = ca
-                state[s, 2] = cb
-                state[s, 3] = log_mh
-                state[s, 4] = log_mc
+                    dcs = sequence_sum(red2, SUM_DC * S + s)
+                    log_dc = 0.5 * math.log(dcs) if dcs > 0.0 else -math.inf
+                    log_c[e, b0 + s, t] = state[s, STATE_SCALE] + log_dc
+                log_add_update(red2, state, s, sequence_sum(red2, SUM_CC * S + s))
             cuda.syncthreads()
-        for s in range(tid, S, TPB):
-            if b0 + s < B:
-                log_h[e, b0 + s, 0] = state[s, 0] + state[s, 3]
-                log_c[e, b0 + s, 0] = state[s, 0] + state[s, 4]
+        record_log_norm(state, STATE_LOG_MH, log_h, e, b0, 0, tid)
+        record_log_norm(state, STATE_LOG_MC, log_c, e, b0, 0, tid)
 
     return {"lstm_forward": lstm_forward, "lstm_backward": lstm_backward}
 

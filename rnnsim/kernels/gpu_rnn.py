@@ -24,10 +24,10 @@ import numpy as np
 from ._cuda import cuda as _numba_cuda
 
 cuda = None  # numba.cuda, bound by the factories below (never at import time)
-from .gpu_common import array_type, log_add_coefficients
+from .gpu_common import (STATE_CA, STATE_CB, STATE_LOG_MH, array_type,
+                         recurrence_device_functions)
 
-# Per-sequence sums reduced in every backward step: |back|^2, |local|^2, back.local.
-SUM_BB, SUM_LL, SUM_BL = range(3)
+# Per-sequence sums reduced in every backward step: gpu_common's SUM_BB, SUM_LL, SUM_BL.
 NUM_SUMS = 3
 
 
@@ -40,9 +40,14 @@ def make_kernels(dtype, tile, threads):
 
     real = from_dtype(np.dtype(dtype))
     S, TPB = tile, threads
-    rows = NUM_SUMS * S
-    parts = max(1, TPB // rows)  # threads per sum in the first reduction stage
-    coefficients = log_add_coefficients()
+    dev = recurrence_device_functions(NUM_SUMS, S, TPB)
+    rows, parts = dev.rows, dev.parts
+    # local names: numba cannot type attribute access on the namespace
+    stage_matrix, zero_shared, zero_first_step = dev.stage_matrix, dev.zero_shared, dev.zero_first_step
+    init_state, record_step, record_log_norm = dev.init_state, dev.record_step, dev.record_log_norm
+    loss_step, back_projection, local_term = dev.loss_step, dev.back_projection, dev.local_term
+    store_back_local, publish_sums, reduce_stage1 = dev.store_back_local, dev.publish_sums, dev.reduce_stage1
+    log_add_update = dev.log_add_update
 
     def rnn_forward(w_ih, w_hh_t, b_ih, b_hh, x, h_store, w_in_shared):
         """Grid (E, ceil(B/tile)); w_hh_t is W_hh transposed, (E, H, H), so that threads
@@ -62,13 +67,9 @@ def make_kernels(dtype, tile, threads):
         sh = cuda.shared.array(0, real)
         off_h = H * H if w_in_shared else 0
         if w_in_shared:
-            for idx in range(tid, H * H, TPB):
-                sh[idx] = w_hh_t[e, idx // H, idx % H]
-        for idx in range(tid, 2 * S * H, TPB):
-            sh[off_h + idx] = 0
-        for idx in range(tid, S * H, TPB):
-            if b0 + idx // H < B:
-                h_store[e, b0 + idx // H, 0, idx % H] = 0
+            stage_matrix(sh, w_hh_t, e, tid)
+        zero_shared(sh, off_h, 2 * S * H, tid)
+        zero_first_step(h_store, e, b0, tid)
         cuda.syncthreads()
         acc = cuda.local.array(S, real)
         for t in range(1, T + 1):
@@ -107,7 +108,6 @@ def make_kernels(dtype, tile, threads):
         B = h_store.shape[1]
         T = h_store.shape[2] - 1
         H = h_store.shape[3]
-        K = w_out.shape[1]
         steps = dlogits.shape[2]
         sh = cuda.shared.array(0, real)
         off_da = H * H if w_in_shared else 0
@@ -117,15 +117,9 @@ def make_kernels(dtype, tile, threads):
         red2 = cuda.shared.array((rows, parts), float64)
         state = cuda.shared.array((S, 4), float64)  # scale, ca, cb, log|mant_h|
         if w_in_shared:
-            for idx in range(tid, H * H, TPB):
-                sh[idx] = w_hh[e, idx // H, idx % H]
-        for idx in range(tid, 3 * S * H, TPB):
-            sh[off_da + idx] = 0
-        for s in range(tid, S, TPB):
-            state[s, 0] = -math.inf
-            state[s, 1] = 0.0
-            state[s, 2] = 0.0
-            state[s, 3] = -math.inf
+            stage_matrix(sh, w_hh, e, tid)
+        zero_shared(sh, off_da, 3 * S * H, tid)
+        init_state(state, tid)
         cuda.syncthreads()
         acc = cuda.local.array(S, real)
         sums = cuda.local.array(rows, float64)
@@ -138,71 +132,33 @@ def make_kernels(dtype, tile, threads):
                         b = b0 + s
                         da = 0.0
                         if b < B:
-                            mant = state[s, 1] * sh[off_back + s * H + r] + state[s, 2] * sh[off_local + s * H + r]
+                            mant = (state[s, STATE_CA] * sh[off_back + s * H + r]
+                                    + state[s, STATE_CB] * sh[off_local + s * H + r])
                             hv = h_store[e, b, t, r]
                             da = mant * (1.0 - hv * hv)
                             da_store[e, b, t - 1, r] = da
                         sh[off_da + s * H + r] = da
-                for s in range(tid, S, TPB):
-                    if b0 + s < B:
-                        da_scale[e, b0 + s, t - 1] = state[s, 0]
-                        log_h[e, b0 + s, t] = state[s, 0] + state[s, 3]
+                record_step(state, da_scale, log_h, e, b0, t, tid)
                 cuda.syncthreads()
             # ---- phase 2: back = W_hh^T da, local = W_out^T dlogits of step t-1
-            u = t - 1
-            has_loss = u == T or (every and u >= 1)
-            j = steps - 1 if u == T else u - 1
+            has_loss, j = loss_step(t, T, steps, every)
             for i in range(rows):
                 sums[i] = 0.0
             for k in range(tid, H, TPB):
+                back_projection(acc, sh, w_hh, off_da, e, k, w_in_shared, t <= T)
                 for s in range(S):
-                    acc[s] = 0
-                if t <= T:
-                    for r in range(H):
-                        w = sh[r * H + k] if w_in_shared else w_hh[e, r, k]
-                        for s in range(S):
-                            acc[s] += w * sh[off_da + s * H + r]
-                for s in range(S):
-                    loc = 0.0
-                    if has_loss and b0 + s < B:
-                        for c in range(K):
-                            loc += w_out[e, c, k] * dlogits[e, b0 + s, j, c]
-                    back = acc[s] + 0.0
-                    sh[off_back + s * H + k] = back
-                    sh[off_local + s * H + k] = loc
-                    sums[SUM_BB * S + s] += back * back
-                    sums[SUM_LL * S + s] += loc * loc
-                    sums[SUM_BL * S + s] += back * loc
-            for i in range(rows):
-                red[i, tid] = sums[i]
+                    loc = local_term(w_out, dlogits, has_loss, e, b0 + s, j, k)
+                    store_back_local(sh, off_back, off_local, H, sums, s, k, acc[s] + 0.0, loc)
+            # ---- block reduction of the per-sequence sums: stage 1, `parts` threads per row
+            publish_sums(sums, red, tid)
             cuda.syncthreads()
-            # ---- reduction stage 1: `parts` threads per (sum, sequence)
-            for idx in range(tid, rows * parts, TPB):
-                row = idx // parts
-                q = idx % parts
-                total = 0.0
-                for i in range(q, TPB, parts):
-                    total += red[row, i]
-                red2[row, q] = total
+            reduce_stage1(red, red2, tid)
             cuda.syncthreads()
-            # ---- stage 2 and the log-domain update, one thread per sequence
+            # ---- the log-domain update, one thread per sequence
             for s in range(tid, S, TPB):
-                bb = 0.0
-                ll = 0.0
-                bl = 0.0
-                for q in range(parts):
-                    bb += red2[SUM_BB * S + s, q]
-                    ll += red2[SUM_LL * S + s, q]
-                    bl += red2[SUM_BL * S + s, q]
-                scale, ca, cb, log_mh, log_mc = coefficients(state[s, 0], bb, 0.0, ll, bl)
-                state[s, 0] = scale
-                state[s, 1] = ca
-                state[s, 2] = cb
-                state[s, 3] = log_mh
+                log_add_update(red2, state, s, 0.0)  # no carried cell adjoint
             cuda.syncthreads()
-        for s in range(tid, S, TPB):
-            if b0 + s < B:
-                log_h[e, b0 + s, 0] = state[s, 0] + state[s, 3]
+        record_log_norm(state, STATE_LOG_MH, log_h, e, b0, 0, tid)
 
     return {"rnn_forward": rnn_forward, "rnn_backward": rnn_backward}
 
