@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers import assert_outputs_close, make_problem
 
 from rnnsim import config, gradients, forward, init_params
 from rnnsim._validate import check_problem
@@ -24,10 +25,9 @@ pytestmark = pytest.mark.cudasim
 if gpu.unavailable_reason() is not None:
     pytest.skip(f"no GPU and no CUDA simulator: {gpu.unavailable_reason()}", allow_module_level=True)
 
-# float64 to 1e-12 and float32 to 1e-5 relative; the absolute term (relative to the
-# largest entry of the array) covers entries that are sums of cancelling terms.
-RTOL = {np.float64: 1e-12, np.float32: 1e-5}
-ATOL_FRACTION = {np.float64: 1e-13, np.float32: 1e-6}
+# Closeness to the cpu backend: helpers.assert_outputs_close, float64 to 1e-12 and
+# float32 to 1e-5 relative, plus a floor relative to each array's largest entry for
+# entries that are sums of cancelling terms (helpers.FLOOR).
 
 
 @pytest.fixture(autouse=True)
@@ -36,34 +36,17 @@ def small_launch(monkeypatch):
     monkeypatch.setattr(config, "GPU_SEQUENCES_PER_BLOCK", 2)
 
 
-def make_problem(cell, loss, dtype, E, B, T, D, H, K, seed=0, **init):
-    params = init_params(cell, H, D, K, E, seed=seed, dtype=dtype, bias_scale=0.3,
-                         forget_bias=0.5 if cell == "lstm" else 0.0, **init)
-    rng = np.random.default_rng(seed + 100)
-    inputs = rng.standard_normal((E, B, T, D)).astype(dtype)
-    targets = rng.integers(0, K, size=(E, B) if loss == "last" else (E, B, T))
-    return params, inputs, targets
-
-
-def assert_close(got, want, dtype, key):
-    got = np.asarray(got, dtype=np.float64)
-    want = np.asarray(want, dtype=np.float64)
-    assert got.shape == want.shape, key
-    finite = np.isfinite(want)
-    np.testing.assert_array_equal(got[~finite], want[~finite], err_msg=key)
-    if finite.any():
-        atol = ATOL_FRACTION[dtype] * np.max(np.abs(want[finite]))
-        np.testing.assert_allclose(got[finite], want[finite], rtol=RTOL[dtype], atol=atol, err_msg=key)
+def assert_same_dtypes(got, want):
+    for key in want:
+        assert got[key].dtype == want[key].dtype, key
 
 
 def compare(cell, loss, dtype, **sizes):
-    params, inputs, targets = make_problem(cell, loss, dtype, **sizes)
+    params, inputs, targets = make_problem(cell, **sizes, loss=loss, dtype=dtype)
     got = gradients(cell, params, inputs, targets, loss=loss, device="cuda")
     want = gradients(cell, params, inputs, targets, loss=loss, device="cpu")
-    assert set(got) == set(want)
-    for key in want:
-        assert got[key].dtype == want[key].dtype, key
-        assert_close(got[key], want[key], dtype, key)
+    assert_outputs_close(got, want, dtype)
+    assert_same_dtypes(got, want)
     return got
 
 
@@ -101,7 +84,7 @@ def test_weights_in_global_memory_match_cpu(cell, monkeypatch):
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 def test_ensemble_split_into_chunks(cell, monkeypatch):
     E = 3
-    params, inputs, targets = make_problem(cell, "last", np.float64, E=E, B=2, T=3, D=2, H=3, K=2)
+    params, inputs, targets = make_problem(cell, E=E, B=2, T=3, D=2, H=3, K=2)
     problem = check_problem(cell, params, inputs, targets, "last")[0]
     per_network = gpu._bytes_per_network(problem, with_gradients=True)
     monkeypatch.setattr(config, "GPU_MEMORY_BUDGET_BYTES", per_network)  # one network per chunk
@@ -112,13 +95,12 @@ def test_ensemble_split_into_chunks(cell, monkeypatch):
     got = gradients(cell, params, inputs, targets, device="cuda")
     assert [(s.start, s.stop) for s in launches] == [(0, 1), (1, 2), (2, 3)]
     want = gradients(cell, params, inputs, targets, device="cpu")
-    for key in want:
-        assert_close(got[key], want[key], np.float64, key)
+    assert_outputs_close(got, want, np.float64)
 
 
 def test_network_too_large_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(config, "GPU_MEMORY_BUDGET_BYTES", 1000)
-    params, inputs, targets = make_problem("rnn", "last", np.float64, E=1, B=2, T=3, D=2, H=3, K=2)
+    params, inputs, targets = make_problem("rnn", E=1, B=2, T=3, D=2, H=3, K=2)
     with pytest.raises(ValueError, match=r"one network needs .* MiB .*B=2, T=3, H=3"):
         gradients("rnn", params, inputs, targets, device="cuda")
 
@@ -126,16 +108,16 @@ def test_network_too_large_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 def test_forward_matches_cpu(cell, dtype, monkeypatch):
-    params, inputs, targets = make_problem(cell, "last", dtype, E=3, B=3, T=3, D=2, H=4, K=2)
+    params, inputs, targets = make_problem(cell, E=3, B=3, T=3, D=2, H=4, K=2, dtype=dtype)
     problem = check_problem(cell, params, inputs, targets, "last")[0]
     per_network = gpu._bytes_per_network(problem, with_gradients=False)
     monkeypatch.setattr(config, "GPU_MEMORY_BUDGET_BYTES", 2 * per_network)  # chunks of 2 and 1
     got = forward(cell, params, inputs, device="cuda")
     want = forward(cell, params, inputs, device="cpu")
     assert set(got) == set(want) == ({"h", "c"} if cell == "lstm" else {"h"})
+    assert_outputs_close(got, want, dtype)
     for key in want:
         assert got[key].dtype == np.dtype(dtype)
-        assert_close(got[key], want[key], dtype, key)
 
 
 @pytest.mark.parametrize("scale", [0.5, 1.5])
