@@ -46,6 +46,19 @@ def array_type(dtype, ndim):
     return types.Array(from_dtype(np.dtype(dtype)), ndim, "C")
 
 
+def signature_array_types(dtype):
+    """(f, f64): ``f(n)`` is the n-d array type of ``dtype``, ``f64(n)`` that of float64."""
+    return (lambda n: array_type(dtype, n)), (lambda n: array_type(np.float64, n))
+
+
+def backward_static_bytes(num_sums, state_columns, tile, threads):
+    """Static shared memory of a backward kernel: the float64 reduction buffers
+    (rows, threads) and (rows, parts) of :func:`recurrence_device_functions` and
+    the per-sequence state (tile, state_columns)."""
+    rows = num_sums * tile
+    return 8 * (rows * threads + rows * max(1, threads // rows) + state_columns * tile)
+
+
 @lru_cache(maxsize=None)
 def log_add_coefficients():
     r"""Device function: one renormalise + add-local-term step of log-domain BPTT.
@@ -459,7 +472,7 @@ def common_signatures(dtype):
     """Explicit signatures of :func:`make_common_kernels`' kernels for ``dtype``."""
     from numba import types
 
-    f, f64, i64 = (lambda n: array_type(dtype, n)), (lambda n: array_type(np.float64, n)), types.int64
+    (f, f64), i64 = signature_array_types(dtype), types.int64
     return {
         "output_layer": (f(3), f(2), f(4), i64, array_type(np.int64, 3), types.float64, f(4), f64(2)),
         "scale_weights": (f64(3), f64(1), f64(3)),

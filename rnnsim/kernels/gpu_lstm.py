@@ -27,12 +27,14 @@ from ._cuda import cuda as _numba_cuda
 
 cuda = None  # numba.cuda, bound by the factories below (never at import time)
 from .gpu_common import (STATE_CA, STATE_CB, STATE_LOG_MC, STATE_LOG_MH, STATE_SCALE,
-                         array_type, recurrence_device_functions)
+                         backward_static_bytes, recurrence_device_functions,
+                         signature_array_types)
 
 # Per-sequence sums reduced in every backward step: gpu_common's SUM_BB, SUM_LL,
 # SUM_BL, then these two.
 SUM_CC, SUM_DC = 3, 4  # |carry|^2, |dc|^2
 NUM_SUMS = 5
+STATE_COLUMNS = 5  # scale, ca, cb, log|mant_h|, log|mant_c|
 
 
 def make_kernels(dtype, tile, threads):
@@ -175,7 +177,7 @@ def make_kernels(dtype, tile, threads):
         off_carry = off_local + S * H
         red = cuda.shared.array((rows, TPB), float64)
         red2 = cuda.shared.array((rows, parts), float64)
-        state = cuda.shared.array((S, 5), float64)  # scale, ca, cb, log|mant_h|, log|mant_c|
+        state = cuda.shared.array((S, STATE_COLUMNS), float64)
         if w_in_shared:
             stage_matrix(sh, w_hh, e, tid)
         zero_shared(sh, off_da, S * G + 3 * S * H, tid)
@@ -258,12 +260,7 @@ def kernel_signatures(dtype):
     """Explicit signatures of :func:`make_kernels`' kernels for ``dtype``."""
     from numba import types
 
-    def f(n):
-        return array_type(dtype, n)
-
-    def f64(n):
-        return array_type(np.float64, n)
-
+    f, f64 = signature_array_types(dtype)
     return {
         "lstm_forward": (f(3), f(3), f(2), f(2), f(4), f(4), f(4), f(4), types.boolean),
         "lstm_backward": (f(3), f(3), f(4), f(4), f(4), f(4), types.boolean,
@@ -277,6 +274,5 @@ def shared_bytes(kernel, dtype, tile, threads, H, w_in_shared):
     words += 4 * H * H if w_in_shared else 0
     static = 0
     if kernel == "lstm_backward":
-        rows = NUM_SUMS * tile
-        static = 8 * (rows * threads + rows * max(1, threads // rows) + 5 * tile)
+        static = backward_static_bytes(NUM_SUMS, STATE_COLUMNS, tile, threads)
     return words * np.dtype(dtype).itemsize, static

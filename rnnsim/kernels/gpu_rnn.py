@@ -24,11 +24,12 @@ import numpy as np
 from ._cuda import cuda as _numba_cuda
 
 cuda = None  # numba.cuda, bound by the factories below (never at import time)
-from .gpu_common import (STATE_CA, STATE_CB, STATE_LOG_MH, array_type,
-                         recurrence_device_functions)
+from .gpu_common import (STATE_CA, STATE_CB, STATE_LOG_MH, backward_static_bytes,
+                         recurrence_device_functions, signature_array_types)
 
 # Per-sequence sums reduced in every backward step: gpu_common's SUM_BB, SUM_LL, SUM_BL.
 NUM_SUMS = 3
+STATE_COLUMNS = 4  # scale, ca, cb, log|mant_h|
 
 
 def make_kernels(dtype, tile, threads):
@@ -115,7 +116,7 @@ def make_kernels(dtype, tile, threads):
         off_local = off_back + S * H
         red = cuda.shared.array((rows, TPB), float64)
         red2 = cuda.shared.array((rows, parts), float64)
-        state = cuda.shared.array((S, 4), float64)  # scale, ca, cb, log|mant_h|
+        state = cuda.shared.array((S, STATE_COLUMNS), float64)
         if w_in_shared:
             stage_matrix(sh, w_hh, e, tid)
         zero_shared(sh, off_da, 3 * S * H, tid)
@@ -167,12 +168,7 @@ def kernel_signatures(dtype):
     """Explicit signatures of :func:`make_kernels`' kernels for ``dtype``."""
     from numba import types
 
-    def f(n):
-        return array_type(dtype, n)
-
-    def f64(n):
-        return array_type(np.float64, n)
-
+    f, f64 = signature_array_types(dtype)
     return {
         "rnn_forward": (f(3), f(3), f(2), f(2), f(4), f(4), types.boolean),
         "rnn_backward": (f(3), f(3), f(4), f(4), types.boolean, f(4), f64(3), f64(3), types.boolean),
@@ -184,6 +180,5 @@ def shared_bytes(kernel, dtype, tile, threads, H, w_in_shared):
     words = {"rnn_forward": 2, "rnn_backward": 3}[kernel] * tile * H + (H * H if w_in_shared else 0)
     static = 0
     if kernel == "rnn_backward":
-        rows = NUM_SUMS * tile
-        static = 8 * (rows * threads + rows * max(1, threads // rows) + 4 * tile)
+        static = backward_static_bytes(NUM_SUMS, STATE_COLUMNS, tile, threads)
     return words * np.dtype(dtype).itemsize, static
