@@ -74,6 +74,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__, theory
+from ._io import TMP_PREFIX as _TMP_PREFIX, atomic_write
 from ._validate import CELLS, LOSSES, check_choice
 from .engine import gradients, resolve_device
 from .init import SCHEMES, init_params
@@ -108,7 +109,6 @@ MANIFEST = "manifest.json"
 SUMMARY = "summary.csv"
 PROFILES_DIR = "profiles"
 FIGURE_PATTERNS = ("phase_*.png", "phase_*.pdf", "profiles.png", "profiles.pdf", "rates.png", "rates.pdf")
-_TMP_PREFIX = ".rnnsim-tmp-"
 _MANIFEST_FORMAT = 1
 
 # Host memory one ensemble call may use for the activations BPTT keeps; larger
@@ -406,43 +406,6 @@ def regime_of(log10_ratio, threshold):
 
 
 # --------------------------------------------------------------------------- files
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _new_file_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def atomic_write(path, write) -> None:
-    """Write ``path`` crash-safely: ``write(fileobj)`` into a temp file beside it, fsync, rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_TMP_PREFIX + path.name + ".")
-    try:
-        os.fchmod(fd, _new_file_mode())  # mkstemp makes 0600; results are ordinary files
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
 
 def _write_json(path, obj):
     atomic_write(path, lambda fh: fh.write((json.dumps(obj, indent=2, allow_nan=True) + "\n").encode()))

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import click
 import numpy as np
 
 from .. import gradients
+from .._io import atomic_write
 from ._common import device_option
 
 
@@ -39,22 +39,6 @@ def _load_array(path: str, what: str) -> np.ndarray:
         arr.close()
         raise click.BadParameter(f"{path} is an .npz archive; expected a single .npy array", param_hint=what)
     return arr
-
-
-def _write_npz(path: str, arrays: dict) -> None:
-    """Write atomically: a temporary file in the same folder, then rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".rnnsim-", suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 @click.command()
@@ -100,7 +84,7 @@ def grad(cell, params_path, inputs_path, targets_path, loss, device, out_path, f
     result = gradients(cell, params, inputs, targets, loss=loss, device=device)
     if single:
         result = {k: v[0] for k, v in result.items()}
-    _write_npz(out_path, result)
+    atomic_write(out_path, lambda handle: np.savez(handle, **result))
     losses = np.atleast_1d(result["loss"])
     norms = np.atleast_1d(result["log_grad_norm_params"])
     click.echo(f"wrote {out_path}: {losses.size} network(s), loss {np.mean(losses):.6g} (mean), "
