@@ -145,8 +145,9 @@ def recurrence_device_functions(num_sums, tile, threads):
     Returns
     -------
     types.SimpleNamespace
-        The device functions by name. Kernels bind them to local names (numba
-        cannot type attribute access on a Python object).
+        The device functions by name, and ``rows`` and ``parts``: the reduction
+        buffers are (rows, threads) and (rows, parts). Kernels bind the functions to
+        local names (numba cannot type attribute access on a Python object).
 
     Notes
     -----
