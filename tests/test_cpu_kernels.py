@@ -80,3 +80,20 @@ def test_zero_readout_gives_zero_gradients_and_minus_inf_logs():
     assert np.any(got["weight_out"] != 0)  # the readout itself still learns
     assert np.isfinite(got["log_grad_norm_params"]).all()
     assert_outputs_close(got, reference.gradients("lstm", params, x, y), np.float64)
+
+
+def test_results_are_deterministic_and_independent_of_thread_count():
+    import numba
+
+    params, x, y = make_problem("lstm", 4, 6, 9, 3, 5, 3, loss="every", dtype=np.float32)
+    first = rnnsim.gradients("lstm", params, x, y, loss="every")
+    before = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        serial = rnnsim.gradients("lstm", params, x, y, loss="every")
+    finally:
+        numba.set_num_threads(before)
+    again = rnnsim.gradients("lstm", params, x, y, loss="every")
+    for key in first:
+        np.testing.assert_array_equal(serial[key], first[key], err_msg=key)
+        np.testing.assert_array_equal(again[key], first[key], err_msg=key)

@@ -9,7 +9,9 @@ A work item is one network and a tile of its sequences. Items never share an
 output slot; the partial weight gradients of the tiles of one network are merged
 afterwards in the log domain (:func:`_merge_tiles`).
 
-Memory: O(E·B·T·G·H) for the activations that BPTT keeps (see the forward kernels).
+Memory: the activations that BPTT keeps (see the forward kernels) live only while
+their item runs, so at most O(threads · tile · T · G·H) at once, plus the (E, B, T+1)
+log profiles; no chunking of the ensemble is needed on the CPU.
 """
 from __future__ import annotations
 
