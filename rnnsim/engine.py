@@ -1,10 +1,8 @@
 """The public engine: validated entry points that dispatch to the kernels."""
 from __future__ import annotations
 
-import numpy as np
-
 from ._validate import DEVICES, check_choice, check_problem
-from .logdomain import finalize
+from .logdomain import assemble
 
 
 def resolve_device(device: str) -> str:
@@ -81,14 +79,7 @@ def gradients(cell, params, inputs, targets, *, loss="last", device="cpu"):
     """
     problem, params, inputs, targets = check_problem(cell, params, inputs, targets, loss)
     check_choice("device", device, DEVICES)
-    raw = _backend(resolve_device(device)).gradients(problem, params, inputs, targets)
-    out = finalize(raw["mantissas"], raw["log_scale"],
-                   {"weight_out": raw["weight_out"], "bias_out": raw["bias_out"]}, problem.dtype)
-    out["loss"] = np.asarray(raw["loss"], dtype=problem.dtype)
-    out["log_grad_norm"] = np.asarray(raw["log_grad_norm"], dtype=np.float64)
-    if problem.cell == "lstm":
-        out["log_grad_norm_c"] = np.asarray(raw["log_grad_norm_c"], dtype=np.float64)
-    return out
+    return assemble(problem, _backend(resolve_device(device)).gradients(problem, params, inputs, targets))
 
 
 def forward(cell, params, inputs, *, device="cpu"):

@@ -48,3 +48,14 @@ def finalize(mantissas, log_scale, output_grads, dtype):
         out["log_grad_norm_params"] = 0.5 * np.logaddexp(log_rec, np.log(sq_out))
     assert set(out) >= set(PARAM_KEYS)
     return out
+
+
+def assemble(problem, raw):
+    """The user-facing dict from a backend's raw results (see ``reference.raw_gradients``)."""
+    out = finalize(raw["mantissas"], raw["log_scale"],
+                   {key: raw[key] for key in OUTPUT_KEYS}, problem.dtype)
+    out["loss"] = np.asarray(raw["loss"], dtype=problem.dtype)
+    out["log_grad_norm"] = np.asarray(raw["log_grad_norm"], dtype=np.float64)
+    if problem.cell == "lstm":
+        out["log_grad_norm_c"] = np.asarray(raw["log_grad_norm_c"], dtype=np.float64)
+    return out

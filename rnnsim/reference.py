@@ -30,7 +30,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._validate import check_problem
-from .logdomain import finalize
+from .logdomain import assemble
 
 
 def sigmoid(x):
@@ -125,18 +125,11 @@ def gradients(cell, params, inputs, targets, *, loss="last"):
     dtype, the log profiles in float64).
     """
     problem, params, inputs, targets = check_problem(cell, params, inputs, targets, loss)
-    raw = raw_gradients(problem, params, inputs, targets)
-    out = finalize(raw["mantissas"], raw["log_scale"],
-                   {k: raw[k] for k in ("weight_out", "bias_out")}, problem.dtype)
-    out["loss"] = raw["loss"].astype(problem.dtype)
-    out["log_grad_norm"] = raw["log_grad_norm"]
-    if problem.cell == "lstm":
-        out["log_grad_norm_c"] = raw["log_grad_norm_c"]
-    return out
+    return assemble(problem, raw_gradients(problem, params, inputs, targets))
 
 
 def raw_gradients(problem, params, inputs, targets):
-    """The backend contract: log-domain results before :func:`finalize`.
+    """The backend contract: log-domain results before ``rnnsim.logdomain.assemble``.
 
     Takes validated arguments (see ``rnnsim._validate.check_problem``) and returns
     ``mantissas`` (dict of the four recurrent-parameter gradients relative to
