@@ -32,6 +32,7 @@ import numpy as np
 
 import rnnsim
 from rnnsim import reference
+from rnnsim._machine import cpu_model
 
 E, B, H, D, T, K = 16, 16, 64, 8, 256, 4
 
@@ -92,17 +93,8 @@ def torch_bmm_baseline(cell, params, x, y):
 
 
 def machine():
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
     import numba
-    return (f"{model}, {os.cpu_count()} cores, numba {numba.__version__} ({numba.get_num_threads()} threads), "
+    return (f"{cpu_model()}, {os.cpu_count()} cores, numba {numba.__version__} ({numba.get_num_threads()} threads), "
             f"numpy {np.__version__}, Python {platform.python_version()}")
 
 

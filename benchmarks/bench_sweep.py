@@ -27,13 +27,9 @@ import numpy as np
 
 def machine() -> str:
     import numba
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return (f"{model}; {os.cpu_count()} logical CPUs, numba {numba.__version__} with "
+
+    from rnnsim._machine import cpu_model
+    return (f"{cpu_model()}; {os.cpu_count()} logical CPUs, numba {numba.__version__} with "
             f"{numba.get_num_threads()} threads; numpy {np.__version__}; "
             f"Python {platform.python_version()}")
 

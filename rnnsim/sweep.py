@@ -61,9 +61,7 @@ import json
 import math
 import os
 import platform
-import re
 import subprocess
-import sys
 import tempfile
 import time
 import tomllib
@@ -75,6 +73,7 @@ import numpy as np
 
 from . import __version__, theory
 from ._io import TMP_PREFIX as _TMP_PREFIX, atomic_write
+from ._machine import cpu_model
 from ._validate import CELLS, LOSSES, check_choice
 from .engine import gradients, resolve_device
 from .init import SCHEMES, init_params
@@ -584,13 +583,7 @@ def _device_name(device: str) -> str:
         except Exception as exc:  # the name is provenance only; never fail a sweep over it
             return f"cuda ({type(exc).__name__})"
     import numba
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
-    except OSError:
-        pass
-    return f"{model}, {numba.get_num_threads()} threads"
+    return f"{cpu_model()}, {numba.get_num_threads()} threads"
 
 
 def _provenance(device: str) -> dict:
