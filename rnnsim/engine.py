@@ -78,7 +78,6 @@ def gradients(cell, params, inputs, targets, *, loss="last", device="cpu"):
     (see :mod:`rnnsim.reference`).
     """
     problem, params, inputs, targets = check_problem(cell, params, inputs, targets, loss)
-    check_choice("device", device, DEVICES)
     return assemble(problem, _backend(resolve_device(device)).gradients(problem, params, inputs, targets))
 
 

@@ -16,12 +16,19 @@ def _positive_int(name, value):
     return int(value)
 
 
-def _nonneg_float(name, value, *, positive=False):
+def _finite_float(name, value):
     try:
         v = float(value)
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or v < 0 or (positive and v == 0):
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def _nonneg_float(name, value, *, positive=False):
+    v = _finite_float(name, value)
+    if v < 0 or (positive and v == 0):
         raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value!r}")
     return v
 
@@ -98,12 +105,7 @@ def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, schem
     scale = _nonneg_float("scale", scale, positive=True)
     input_scale = _nonneg_float("input_scale", input_scale)
     bias_scale = _nonneg_float("bias_scale", bias_scale)
-    try:
-        forget_bias = float(forget_bias)
-    except (TypeError, ValueError):
-        raise TypeError(f"forget_bias must be a number, got {forget_bias!r}") from None
-    if not math.isfinite(forget_bias):
-        raise ValueError(f"forget_bias must be finite, got {forget_bias!r}")
+    forget_bias = _finite_float("forget_bias", forget_bias)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     dtype = np.dtype(dtype)

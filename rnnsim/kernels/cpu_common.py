@@ -117,7 +117,7 @@ def renormalise(scale, mant_h, mant_c, local, local_log):
         if use_local and local_log[b] > -np.inf:
             m = max(s, local_log[b])
             a_old = math.exp(s - m) * inv if s > -np.inf else 0.0
-            a_new = math.exp(local_log[b] - m - local_log[b])  # exp(ln|g| - m) / |g|
+            a_new = math.exp(-m)  # exp(ln|g| - m) / |g|, with |g| = exp(ln|g|)
             sq = 0.0
             for j in range(H):
                 v = a_old * float(mant_h[b, j]) + a_new * float(local[b, j])
