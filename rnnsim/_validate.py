@@ -9,10 +9,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CELLS = {"rnn": 1, "lstm": 4}  # cell name -> number of gate blocks G
-LOSSES = ("last", "every")
+from . import cells
+from .cells import PARAM_KEYS
+from .losses import LOSSES, target_shape
+
 DEVICES = ("cpu", "cuda", "auto")
-PARAM_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0", "weight_out", "bias_out")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
@@ -32,26 +33,14 @@ class Problem:
 
     @property
     def G(self) -> int:
-        return CELLS[self.cell]
+        """Number of gate blocks of the cell (see :class:`rnnsim.cells.Cell`)."""
+        return cells.get(self.cell).G
 
 
 def check_choice(name: str, value, choices) -> str:
     if not isinstance(value, str) or value not in choices:
         raise ValueError(f"unknown {name} {value!r}; expected one of {', '.join(choices)}")
     return value
-
-
-def param_shapes(cell: str, E: int, H: int, D: int, K: int) -> dict:
-    """The shape of every parameter array, with the leading ensemble axis."""
-    GH = CELLS[cell] * H
-    return {
-        "weight_ih_l0": (E, GH, D),
-        "weight_hh_l0": (E, GH, H),
-        "bias_ih_l0": (E, GH),
-        "bias_hh_l0": (E, GH),
-        "weight_out": (E, K, H),
-        "bias_out": (E, K),
-    }
 
 
 def _as_array(name, value) -> np.ndarray:
@@ -79,7 +68,7 @@ def check_problem(cell, params, inputs, targets, loss="last", *, need_targets=Tr
     inputs : C-contiguous array (E, B, T, D)
     targets : C-contiguous int64 array, (E, B) or (E, B, T), or None
     """
-    cell = check_choice("cell", cell, tuple(CELLS))
+    G = cells.get(cell).G
     loss = check_choice("loss", loss, LOSSES)
     if not isinstance(params, dict):
         raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
@@ -107,15 +96,15 @@ def check_problem(cell, params, inputs, targets, loss="last", *, need_targets=Tr
 
     w_hh = arrays["weight_hh_l0"]
     if w_hh.ndim != 3:
-        raise ValueError(f"weight_hh_l0 must have shape (E, {CELLS[cell]}*H, H), got {w_hh.shape}")
+        raise ValueError(f"weight_hh_l0 must have shape (E, {G}*H, H), got {w_hh.shape}")
     E, GH, H = w_hh.shape
-    if GH != CELLS[cell] * H:
-        raise ValueError(f"weight_hh_l0 has shape {w_hh.shape}, but a {cell} needs (E, {CELLS[cell]}*H, H)")
+    if GH != G * H:
+        raise ValueError(f"weight_hh_l0 has shape {w_hh.shape}, but a {cell} needs (E, {G}*H, H)")
     if arrays["weight_ih_l0"].ndim != 3 or arrays["weight_out"].ndim != 3:
         raise ValueError("weight_ih_l0 and weight_out must be 3-D (E, rows, columns)")
     D = arrays["weight_ih_l0"].shape[2]
     K = arrays["weight_out"].shape[1]
-    expected = param_shapes(cell, E, H, D, K)
+    expected = cells.get(cell).param_shapes(E, H, D, K)
     for key, shape in expected.items():
         if arrays[key].shape != shape:
             raise ValueError(f"{key} has shape {arrays[key].shape}, expected {shape} "
@@ -135,7 +124,7 @@ def check_problem(cell, params, inputs, targets, loss="last", *, need_targets=Tr
     tgt = None
     if need_targets:
         tgt = _as_array("targets", targets)
-        want = (E, B) if loss == "last" else (E, B, T)
+        want = target_shape(loss, E, B, T)
         if tgt.dtype == np.bool_ or not np.issubdtype(tgt.dtype, np.integer):
             raise TypeError(f"targets must be an integer array of class indices, got dtype {tgt.dtype}")
         if tgt.shape != want:

@@ -27,3 +27,11 @@ GPU_MAX_SHARED_BYTES = None
 # Device bytes one ensemble chunk may use; None = GPU_MEMORY_FRACTION of free memory.
 # Tests lower it so that a small ensemble is processed in several chunks.
 GPU_MEMORY_BUDGET_BYTES = None
+
+# Log-domain S* merge (rnnsim.logdomain.relative_weights): a term whose weight
+# exp(s - S*) relative to the largest term is below tiny**LOG_WEIGHT_CUTOFF_POWER of
+# the compute dtype (0.5: sqrt(tiny), 1e-19 in float32, 1e-154 in float64) is dropped.
+# It lies far below the dtype's precision against the largest term, and its products
+# would be denormal numbers, which cost the CPU ~100x per operation. Every backend
+# (reference, CPU, GPU) applies the same cutoff.
+LOG_WEIGHT_CUTOFF_POWER = 0.5

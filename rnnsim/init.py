@@ -5,7 +5,8 @@ import math
 
 import numpy as np
 
-from ._validate import CELLS, check_choice, param_shapes
+from . import cells
+from ._validate import check_choice
 
 SCHEMES = ("gaussian", "orthogonal", "uniform", "identity")
 
@@ -96,7 +97,7 @@ def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, schem
     Network e draws from ``np.random.SeedSequence(seed, spawn_key=(e,))``, so an
     ensemble can be split or reordered without changing any network.
     """
-    cell = check_choice("cell", cell, tuple(CELLS))
+    spec = cells.get(cell)
     scheme = check_choice("scheme", scheme, SCHEMES)
     H = _positive_int("hidden_size", hidden_size)
     D = _positive_int("input_size", input_size)
@@ -105,15 +106,15 @@ def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, schem
     scale = _nonneg_float("scale", scale, positive=True)
     input_scale = _nonneg_float("input_scale", input_scale)
     bias_scale = _nonneg_float("bias_scale", bias_scale)
-    forget_bias = _finite_float("forget_bias", forget_bias)
+    gate_bias = {"forget_bias": _finite_float("forget_bias", forget_bias)}
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
 
-    G = CELLS[cell]
-    out = {k: np.zeros(s, dtype=np.float64) for k, s in param_shapes(cell, E, H, D, K).items()}
+    G = spec.G
+    out = {k: np.zeros(s, dtype=np.float64) for k, s in spec.param_shapes(E, H, D, K).items()}
     for e in range(E):
         rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(e,)))
         for k in range(G):
@@ -121,6 +122,6 @@ def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, schem
         out["weight_ih_l0"][e] = rng.standard_normal((G * H, D)) * (input_scale / math.sqrt(D))
         out["bias_ih_l0"][e] = rng.standard_normal(G * H) * bias_scale
         out["weight_out"][e] = rng.standard_normal((K, H)) / math.sqrt(H)
-        if cell == "lstm":
-            out["bias_ih_l0"][e, H:2 * H] += forget_bias
+        for keyword, gate in spec.gate_bias:
+            out["bias_ih_l0"][e, spec.gate_rows(gate, H)] += gate_bias[keyword]
     return {k: v.astype(dtype) for k, v in out.items()}

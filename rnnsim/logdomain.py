@@ -1,16 +1,144 @@
-"""Log-domain bookkeeping shared by the reference and every kernel backend."""
+r"""Every log-domain identity of rnnsim, stated once.
+
+An adjoint is kept as :math:`e^{s} u`: a float64 log-scale :math:`s` and a mantissa
+:math:`u` of unit norm (for a cell with several state components, such as the
+lstm's (h, c), the components share one scale and have unit *joint* norm).
+Nothing then under- or overflows at any T. The identities are
+
+1. **renormalise and add a loss term** (:func:`log_add`): with :math:`n = |u|`,
+   :math:`s_1 = s + \ln n` and :math:`m = \max(s_1, \ln|g|)`,
+
+   .. math:: e^{s} u + g = e^{m}\big(e^{s_1 - m}\, u/n + e^{\ln|g| - m}\, g/|g|\big),
+
+   and the bracket is renormalised, so no factor ever leaves the float range;
+2. **the S\* merge** (:func:`relative_weights`, :func:`merge_scaled`): a sum of
+   scaled terms :math:`\sum_i e^{s_i} M_i = e^{S^*} \sum_i e^{s_i - S^*} M_i` with
+   :math:`S^* = \max_i s_i`; a term whose weight :math:`e^{s_i - S^*}` is below the
+   cutoff :func:`log_weight_cutoff` is dropped;
+3. **finalize** (:func:`finalize`): :math:`e^{S^*} M` becomes a plain array whose
+   entries beyond the dtype's range are ±inf, never NaN, and
+   :math:`\ln\|\nabla\|` stays finite;
+4. **the bias tie** (:func:`tie_biases`): when a cell folds b_ih and b_hh into one
+   sum, their gradients are equal.
+
+This module holds the NumPy statements, used by the reference and by the drivers
+on the host. The kernels keep fast versions of 1 and 2, and each cites the
+identity it implements.
+"""
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
-from ._validate import PARAM_KEYS
+from . import cells, config
+from .cells import OUTPUT_KEYS, PARAM_KEYS, RECURRENT_KEYS
 
-RECURRENT_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0")
-OUTPUT_KEYS = ("weight_out", "bias_out")
+__all__ = ["log_add", "log_weight_cutoff", "relative_weights", "merge_scaled", "finalize",
+           "tie_biases", "assemble", "RECURRENT_KEYS", "OUTPUT_KEYS"]
+
+
+def _log_norm(sq):
+    with np.errstate(divide="ignore"):
+        return 0.5 * np.log(sq)
+
+
+def log_add(scale, mantissas, local=None):
+    r"""Identity 1: :math:`e^{s}(u_h, u_c, ...) + (g, 0, ...)` as a new scale and unit mantissas.
+
+    Parameters
+    ----------
+    scale : (...) float64 log-scales, may be -inf (a zero adjoint)
+    mantissas : dict name -> (..., H) arrays; not necessarily of unit norm
+    local : (..., H) or None
+        The loss term's gradient (ordinary scale), added to the ``"h"`` component.
+
+    Returns
+    -------
+    (new_scale, new_mantissas): unit joint norm, or zeros with scale -inf.
+    """
+    names = list(mantissas)
+    sq = sum(np.sum(mantissas[k] ** 2, axis=-1) for k in names)
+    s1 = np.where(np.isfinite(scale) & (sq > 0), scale + _log_norm(sq), -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        inv = np.where(sq > 0, 1.0 / np.sqrt(np.where(sq > 0, sq, 1.0)), 0.0)
+    unit = {k: mantissas[k] * inv[..., None] for k in names}
+    if local is not None:
+        log_local = _log_norm(np.sum(local ** 2, axis=-1))
+        m = np.maximum(s1, log_local)
+        m_safe = np.where(np.isfinite(m), m, 0.0)
+        w_old = np.where(np.isfinite(s1), np.exp(s1 - m_safe), 0.0)[..., None]
+        w_new = np.where(np.isfinite(log_local), np.exp(-m_safe), 0.0)[..., None]  # e^{ln|g|-m}/|g|
+        unit = {k: w_old * v for k, v in unit.items()}
+        unit["h"] = unit["h"] + w_new * local
+        sq = sum(np.sum(unit[k] ** 2, axis=-1) for k in names)
+        s1 = np.where(np.isfinite(m) & (sq > 0), m_safe + _log_norm(sq), -np.inf)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            inv = np.where(sq > 0, 1.0 / np.sqrt(np.where(sq > 0, sq, 1.0)), 0.0)
+        unit = {k: v * inv[..., None] for k, v in unit.items()}
+    return s1, unit
+
+
+def log_weight_cutoff(dtype) -> float:
+    """Identity 2's cutoff: the natural log of the smallest relative weight kept.
+
+    ``config.LOG_WEIGHT_CUTOFF_POWER * ln(finfo(dtype).tiny)``: with the default 0.5,
+    sqrt(tiny) (1e-19 in float32, 1e-154 in float64). Read at call time.
+    """
+    return float(config.LOG_WEIGHT_CUTOFF_POWER) * math.log(np.finfo(np.dtype(dtype)).tiny)
+
+
+def relative_weights(scales, axes, cutoff):
+    """Identity 2: S* = max of ``scales`` over ``axes`` and the weights exp(s - S*).
+
+    Weights of -inf scales, and those below ``exp(cutoff)``, are 0. Returns
+    ``(top, weights)``; ``top`` is -inf where every scale is -inf.
+    """
+    scales = np.asarray(scales, dtype=np.float64)
+    top = np.max(scales, axis=axes, keepdims=True)
+    rel = scales - np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(invalid="ignore"):
+        weights = np.where(np.isfinite(scales) & (rel > cutoff), np.exp(rel), 0.0)
+    return np.squeeze(top, axis=axes), weights
+
+
+def merge_scaled(parts, part_scale, group, n_groups, cutoff):
+    """Identity 2 over groups: per group g, ``sum_i parts[i] exp(s_i)`` as (mantissa, S*).
+
+    Parameters
+    ----------
+    parts : dict name -> (n, ...) mantissas, each relative to ``exp(part_scale[i])``
+    part_scale : (n,) float64
+    group : (n,) int, the group (network) of each part
+    n_groups : int
+    cutoff : float, from :func:`log_weight_cutoff`
+
+    Returns
+    -------
+    (merged dict name -> (n_groups, ...) float64, top (n_groups,) float64)
+    """
+    top = np.full(n_groups, -np.inf)
+    np.maximum.at(top, group, part_scale)
+    rel = part_scale - np.where(np.isfinite(top[group]), top[group], 0.0)
+    with np.errstate(invalid="ignore"):
+        factor = np.where(np.isfinite(part_scale) & (rel > cutoff), np.exp(rel), 0.0)
+    merged = {}
+    for key, part in parts.items():
+        out = np.zeros((n_groups,) + part.shape[1:], dtype=np.float64)
+        np.add.at(out, group, part * factor.reshape((-1,) + (1,) * (part.ndim - 1)))
+        merged[key] = out
+    return merged, top
+
+
+def tie_biases(cell, mantissas):
+    """Identity 4: a cell that folds b_ih and b_hh into one sum has equal bias gradients."""
+    if cells.get(cell).folded_bias and "bias_hh_l0" not in mantissas:
+        mantissas["bias_hh_l0"] = mantissas["bias_ih_l0"].copy()
+    return mantissas
 
 
 def finalize(mantissas, log_scale, output_grads, dtype):
-    """Turn log-domain recurrent gradients into plain arrays, safely.
+    """Identity 3: log-domain recurrent gradients into plain arrays, safely.
 
     Parameters
     ----------
@@ -52,10 +180,9 @@ def finalize(mantissas, log_scale, output_grads, dtype):
 
 def assemble(problem, raw):
     """The user-facing dict from a backend's raw results (see ``reference.raw_gradients``)."""
-    out = finalize(raw["mantissas"], raw["log_scale"],
-                   {key: raw[key] for key in OUTPUT_KEYS}, problem.dtype)
+    mantissas = tie_biases(problem.cell, dict(raw["mantissas"]))
+    out = finalize(mantissas, raw["log_scale"], {key: raw[key] for key in OUTPUT_KEYS}, problem.dtype)
     out["loss"] = np.asarray(raw["loss"], dtype=problem.dtype)
-    out["log_grad_norm"] = np.asarray(raw["log_grad_norm"], dtype=np.float64)
-    if problem.cell == "lstm":
-        out["log_grad_norm_c"] = np.asarray(raw["log_grad_norm_c"], dtype=np.float64)
+    for key in cells.get(problem.cell).profile_keys().values():
+        out[key] = np.asarray(raw[key], dtype=np.float64)
     return out

@@ -74,7 +74,9 @@ import numpy as np
 from . import __version__, theory
 from ._io import TMP_PREFIX as _TMP_PREFIX, atomic_write
 from ._machine import cpu_model
-from ._validate import CELLS, LOSSES, check_choice
+from . import cells
+from ._validate import check_choice
+from .losses import LOSSES
 from .engine import gradients, resolve_device
 from .init import SCHEMES, init_params
 
@@ -240,9 +242,9 @@ def parse_cells(value) -> tuple:
         raise ValueError(f"cell: expected a comma list such as 'rnn,lstm', got {value!r}")
     if not all(items):
         raise ValueError(f"cell: malformed list {value!r}; expected names separated by commas")
-    names = [check_choice("cell", item, tuple(CELLS)) for item in items]
+    names = [cells.get(item).name for item in items]
     _no_duplicates("cell", names)
-    return tuple(n for n in CELLS if n in names)  # canonical order: rnn before lstm
+    return tuple(n for n in cells.names() if n in names)  # the registry's canonical order
 
 
 def load_config_file(path) -> dict:
@@ -607,7 +609,7 @@ def _now():
 # --------------------------------------------------------------------------- running
 
 def _networks_per_call(config, cell, T):
-    G = CELLS[cell]
+    G = cells.get(cell).G
     itemsize = np.dtype(config.dtype).itemsize
     per_network = config.batch * (T + 1) * config.hidden * itemsize * (2 * G + 4)
     return max(1, CALL_MEMORY_BYTES // per_network)
@@ -774,7 +776,7 @@ def run_sweep(config: SweepConfig, out, *, device="cpu", resume=False, overwrite
                        if (cell, T, s, d) not in done_rows]
             step = _networks_per_call(config, cell, T)
             calls += [(cell, T, pending[i:i + step]) for i in range(0, len(pending), step)]
-    cost = {"rnn": 1, "lstm": 3}
+    cost = {c: cells.get(c).cost for c in config.cell}
     total = sum(cost[c] * T * len(p) for c, T, p in calls)
     if progress is not None:
         progress(0, total, "")

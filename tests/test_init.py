@@ -3,14 +3,14 @@ import numpy as np
 import pytest
 
 import rnnsim
-from rnnsim._validate import param_shapes
+from rnnsim import cells
 
 
 @pytest.mark.parametrize("cell", ["rnn", "lstm"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_shapes_and_dtype(cell, dtype):
     p = rnnsim.init_params(cell, 5, 3, 4, 2, dtype=dtype)
-    assert {k: v.shape for k, v in p.items()} == param_shapes(cell, 2, 5, 3, 4)
+    assert {k: v.shape for k, v in p.items()} == cells.get(cell).param_shapes(2, 5, 3, 4)
     assert all(v.dtype == dtype for v in p.values())
 
 

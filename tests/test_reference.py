@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from rnnsim import reference
-from rnnsim._validate import PARAM_KEYS
+from rnnsim.cells import PARAM_KEYS
 from helpers import make_problem
 
 

@@ -9,7 +9,7 @@ from click.core import ParameterSource
 
 from .. import sweep as sweep_lib
 from ..init import SCHEMES
-from .._validate import LOSSES
+from ..losses import LOSSES
 from ._common import device_option
 
 DEFAULT_OUT = "rnnsim-sweep"
