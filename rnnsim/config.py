@@ -35,3 +35,7 @@ GPU_MEMORY_BUDGET_BYTES = None
 # would be denormal numbers, which cost the CPU ~100x per operation. Every backend
 # (reference, CPU, GPU) applies the same cutoff.
 LOG_WEIGHT_CUTOFF_POWER = 0.5
+
+# Memory one call may use, in bytes; None = what the OS reports available
+# (rnnsim._memory). Tests lower it to exercise the refusals.
+MEMORY_LIMIT_BYTES = None

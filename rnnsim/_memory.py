@@ -1,0 +1,73 @@
+"""Memory estimates, checked before anything large is allocated.
+
+Every entry point that could allocate more than the machine has (``init_params``,
+``gradients``, ``forward``, the sweep) estimates its peak first and refuses, with
+one line naming the size and the limit, what cannot fit. Work that is large but
+feasible is split by the caller instead (the sweep's calls, the GPU's chunks).
+"""
+from __future__ import annotations
+
+import os
+
+from . import config
+
+_GIB = 2.0 ** 30
+
+
+def available_bytes() -> int:
+    """The memory one call may use: ``config.MEMORY_LIMIT_BYTES``, else what the OS reports available."""
+    if config.MEMORY_LIMIT_BYTES is not None:
+        return int(config.MEMORY_LIMIT_BYTES)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - exotic platforms
+        return 1 << 62
+
+
+def format_bytes(nbytes: float) -> str:
+    if nbytes >= 0.1 * _GIB:
+        return f"{nbytes / _GIB:.3g} GiB"
+    return f"{nbytes / 2**20:.3g} MiB"
+
+
+def require(nbytes: float, what: str) -> None:
+    """ValueError when ``nbytes`` exceeds :func:`available_bytes`; ``what`` names the work."""
+    limit = available_bytes()
+    if nbytes > limit:
+        raise ValueError(f"{what} needs about {format_bytes(nbytes)} of memory but only "
+                         f"{format_bytes(limit)} is available; use smaller sizes")
+
+
+def params_bytes(G: int, E: int, H: int, D: int, K: int, itemsize: int) -> int:
+    """Bytes of one ensemble's parameters (the six arrays of ``init_params``)."""
+    return E * (G * H * (D + H + 2) + K * (H + 1)) * itemsize
+
+
+def init_bytes(G: int, E: int, H: int, D: int, K: int, itemsize: int) -> int:
+    """Peak of ``init_params``: float64 parameters, the output copy, and one H x H draw."""
+    return params_bytes(G, E, H, D, K, 8) + params_bytes(G, E, H, D, K, itemsize) + 3 * 8 * H * H
+
+
+def gradients_bytes(G: int, n_states: int, E: int, B: int, T: int, D: int, H: int, K: int,
+                    itemsize: int, *, loss_every: bool, workers: int, tile: int) -> int:
+    """Peak of one ``gradients`` call on the CPU, beyond the caller's own arrays.
+
+    Counts a contiguous copy of the inputs, the log-norm profiles, the gradients
+    (float64 mantissas and the output copies), and the activations that ``workers``
+    work items of ``tile`` sequences keep at once.
+    """
+    inputs = E * B * T * D * itemsize
+    profiles = n_states * E * B * (T + 1) * 8
+    grads = 3 * params_bytes(G, E, H, D, K, 8)
+    per_sequence = (T + 1) * (G * H + (2 + n_states) * H + D) * itemsize + 2 * (T + 1) * 8
+    if loss_every:
+        per_sequence += T * (K + H) * itemsize
+    items = min(workers, max(1, E * -(-B // tile))) * min(tile, B)
+    return inputs + profiles + grads + items * per_sequence
