@@ -1,5 +1,5 @@
-"""@njit pieces shared by the rnn and lstm CPU kernels: output layer, log-domain
-renormalisation, and the weight-gradient products.
+"""@njit pieces shared by every cell's CPU kernels: the input gather, the readout and
+its loss adjoints, log-domain renormalisation, and the weight-gradient products.
 
 Conventions for one *work item* (one network, a tile of ``nb`` of its sequences):
 
@@ -42,6 +42,17 @@ def _typed(like, value):
 
 
 @jit
+def gather_inputs(inputs, e, b0, nb):
+    """Network e's sequences b0..b0+nb-1 of ``inputs`` (E, B, T, D), time-major: (T, nb, D)."""
+    T, D = inputs.shape[2], inputs.shape[3]
+    x = np.empty((T, nb, D), inputs.dtype)
+    for b in range(nb):
+        for t in range(T):
+            x[t, b] = inputs[e, b0 + b, t]
+    return x
+
+
+@jit
 def output_layer(h_rows, w_out, b_out, targets, inv_count, dlogits, local):
     """Softmax cross-entropy on rows of hidden states, and its adjoints.
 
@@ -77,6 +88,62 @@ def output_layer(h_rows, w_out, b_out, targets, inv_count, dlogits, local):
         dlogits[r, targets[r]] -= inv_count
     np.dot(dlogits, w_out, local)
     return total
+
+
+@jit
+def loss_adjoints(loss_every, targets, e, b0, hs, w_out, b_out, inv_count, part_out, part_bout):
+    """The readout of one work item: its loss terms and the adjoints they inject
+    (:func:`rnnsim.losses.readout_loss` for one network and a tile of sequences).
+
+    Parameters
+    ----------
+    loss_every : bool, loss "every" (else "last")
+    targets : (E, B, steps) int64, steps = T or 1
+    e, b0 : the item's network and first sequence
+    hs : (T+1, nb, H) hidden states of the item
+    w_out, b_out : (K, H), (K,) network e's readout
+    inv_count : 1/B (loss "last") or 1/(B*T) (loss "every")
+    part_out, part_bout : out, (K, H), (K,) the item's readout gradients
+
+    Returns
+    -------
+    (loss, mant_h, scale, local, local_log): the sum of the item's cross-entropies;
+    dL/dh_T as a unit-norm mantissa (nb, H) at float64 log-scale ``scale`` (nb,);
+    for loss "every" the per-step adjoints ``local`` (T+1, nb, H) and their log norms
+    ``local_log`` (T+1, nb), zero-length for loss "last".
+    """
+    T1, nb, H = hs.shape
+    T = T1 - 1
+    K = w_out.shape[0]
+    if loss_every:
+        rows = T * nb
+        tgt = np.empty(rows, np.int64)
+        for t in range(T):
+            for b in range(nb):
+                tgt[t * nb + b] = targets[e, b0 + b, t]
+        local = np.zeros((T + 1, nb, H), hs.dtype)
+        h_rows = hs[1:].reshape(rows, H)
+        dlogits = np.empty((rows, K), hs.dtype)
+        loss = output_layer(h_rows, w_out, b_out, tgt, inv_count, dlogits, local[1:].reshape(rows, H))
+        local_log = np.empty((T + 1, nb))
+        log_norms(local.reshape((T + 1) * nb, H), local_log.reshape((T + 1) * nb))
+        mant_h = local[T].copy()
+    else:
+        h_rows = hs[T]
+        dlogits = np.empty((nb, K), hs.dtype)
+        mant_h = np.empty((nb, H), hs.dtype)
+        loss = output_layer(h_rows, w_out, b_out, targets[e, b0:b0 + nb, 0], inv_count, dlogits, mant_h)
+        local = np.zeros((0, nb, H), hs.dtype)
+        local_log = np.zeros((0, nb))
+    np.dot(dlogits.T, h_rows, part_out)
+    for k in range(K):
+        acc = 0.0
+        for r in range(dlogits.shape[0]):
+            acc += dlogits[r, k]
+        part_bout[k] = acc
+    scale = np.zeros(nb)
+    renormalise(scale, mant_h, np.empty((nb, 0), hs.dtype), local[:0, 0], local_log[:0, 0])
+    return loss, mant_h, scale, local, local_log
 
 
 @jit
@@ -138,13 +205,15 @@ def renormalise(scale, mant_h, mant_c, local, local_log):
 
 
 @jit
-def weight_gradients(da_rows, scale_rows, h_rows, x_rows, g_ih, g_hh, g_b):
-    """Mantissas of dW_ih, dW_hh, db relative to exp(S*), S* = max scale.
+def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, g_ih, g_hh, g_b):
+    """Mantissas of dW_ih, dW_hh, db relative to exp(S*), S* = max scale
+    (identity 2 of :mod:`rnnsim.logdomain`).
 
     da_rows : (R, G*H) adjoint mantissas of the pre-activations (unit scale per row)
     scale_rows : (R,) float64 their log-scales
     h_rows : (R, H) h_{t-1} for each row
     x_rows : (R, D) x_t for each row
+    log_cutoff : float, ``rnnsim.logdomain.log_weight_cutoff(dtype)``
     g_ih, g_hh, g_b : out, (G*H, D), (G*H, H), (G*H,)
 
     Returns S* (float64; -inf when every adjoint is zero).
@@ -154,17 +223,15 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, g_ih, g_hh, g_b):
     [dW_hh | dW_ih | db] = sum_r exp(s_r) da_r [h_r, x_r, 1]ᵀ = exp(S*) · DAᵀ Z, with
     Z_r = w_r [h_r, x_r, 1] and w_r = exp(s_r - S*) ≤ 1: one product instead of three,
     and the weights go on the narrow factor Z rather than on DA.
-    Rows with w_r < sqrt(tiny) (float32: 1e-19, float64: 1e-154) are dropped.
+    Rows with ln w_r <= log_cutoff (sqrt(tiny) by default: 1e-19 in float32, 1e-154
+    in float64) are dropped: their products would be denormal numbers, which cost
+    the CPU ~100x per operation (seen: 20x slower float32 weight gradients).
     """
     R = da_rows.shape[0]
     H, D = h_rows.shape[1], x_rows.shape[1]
     top = -np.inf
     for r in range(R):
         top = max(top, scale_rows[r])
-    # Relative weights below sqrt(tiny) are dropped: far below the dtype's precision
-    # against the largest term, and their products would be denormal numbers, which
-    # cost the CPU ~100x per operation (seen: 20x slower float32 weight gradients).
-    log_cutoff = 0.5 * math.log(np.finfo(da_rows.dtype).tiny)
     z = np.empty((R, H + D + 1), da_rows.dtype)
     for r in range(R):
         rel = scale_rows[r] - top

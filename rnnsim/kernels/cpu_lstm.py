@@ -1,14 +1,16 @@
 r"""LSTM: @njit forward and log-domain backward for one work item.
 
-Gate order (i, f, g, o) as in torch.nn.LSTM; buffers are time-major ``(T, nb, ...)``
-as in :mod:`rnnsim.kernels.cpu_rnn`.
+The math is stated in :mod:`rnnsim.cells.lstm`. Gate order (i, f, g, o) as in
+torch.nn.LSTM; buffers are time-major ``(T, nb, ...)`` and the entry points
+:func:`gradients_item` and :func:`forward_item` have the signatures of
+:mod:`rnnsim.kernels.cpu_rnn`'s.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ._vmath import sigmoid, tanh
-from .cpu_common import jit, renormalise, typed
+from .cpu_common import gather_inputs, jit, loss_adjoints, renormalise, typed, weight_gradients
 
 
 @jit
@@ -33,11 +35,11 @@ def lstm_forward(x, w_ih_t, w_hh_t, bias, gates, hs, cs, tanh_cs):
     """
     T, nb, D = x.shape
     H = hs.shape[2]
-    G4 = 4 * H
-    np.dot(x.reshape(T * nb, D), w_ih_t, gates.reshape(T * nb, G4))
+    GH = 4 * H
+    np.dot(x.reshape(T * nb, D), w_ih_t, gates.reshape(T * nb, GH))
     hs[0] = 0
     cs[0] = 0
-    pre = np.empty((nb, G4), x.dtype)
+    pre = np.empty((nb, GH), x.dtype)
     for t in range(T):
         np.dot(hs[t], w_hh_t, pre)
         for b in range(nb):
@@ -45,13 +47,13 @@ def lstm_forward(x, w_ih_t, w_hh_t, bias, gates, hs, cs, tanh_cs):
             # its runtime alias checks stay few (a fused loop over six arrays ran 3x slower).
             p = pre[b]
             row = gates[t, b]
-            for j in range(G4):
+            for j in range(GH):
                 p[j] += row[j] + bias[j]
             for j in range(2 * H):
                 row[j] = sigmoid(p[j])  # i, f
             for j in range(2 * H, 3 * H):
                 row[j] = tanh(p[j])  # g
-            for j in range(3 * H, G4):
+            for j in range(3 * H, GH):
                 row[j] = sigmoid(p[j])  # o
             c_prev = cs[t, b]
             c_new = cs[t + 1, b]
@@ -139,3 +141,50 @@ def lstm_backward(gates, cs, tanh_cs, w_hh, local, local_log, mant_h, mant_c, sc
             sq_c += float(mant_c[b, j]) * float(mant_c[b, j])
         log_h[b, 0] = scale[b] + 0.5 * np.log(sq_h) if sq_h > 0.0 else -np.inf
         log_c[b, 0] = scale[b] + 0.5 * np.log(sq_c) if sq_c > 0.0 else -np.inf
+
+
+@jit
+def gradients_item(item, loss_every, inputs, targets, w_ih_t, w_hh_t, w_hh, bias, w_out, b_out,
+                   item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_b, part_scale,
+                   part_out, part_bout, part_loss, profiles):
+    """Forward, readout and log-domain BPTT of one work item; writes only its own slots
+    (``part_*[item]`` and ``profiles[:, e, b0:b1]``: ln‖dL/dh_t‖, ln‖dL/dc_t‖)."""
+    B, T, D = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+    H, GH = w_hh.shape[2], w_hh.shape[1]
+    e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
+    nb = b1 - b0
+    x = gather_inputs(inputs, e, b0, nb)
+    hs = np.empty((T + 1, nb, H), inputs.dtype)
+    cs = np.empty((T + 1, nb, H), inputs.dtype)
+    tanh_cs = np.empty((T, nb, H), inputs.dtype)
+    # one (step, sequence) row per gate unit: the activated gates, which the backward
+    # overwrites in place with dL/da_t once a step's gates are spent
+    gate_rows = np.empty((T, nb, GH), inputs.dtype)
+    lstm_forward(x, w_ih_t[e], w_hh_t[e], bias[e], gate_rows, hs, cs, tanh_cs)
+    inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
+    part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
+        loss_every, targets, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item])
+    mant_c = np.zeros((nb, H), inputs.dtype)
+    da_scale = np.empty((T, nb))
+    lstm_backward(gate_rows, cs, tanh_cs, w_hh[e], local, local_log, mant_h, mant_c, scale,
+                  da_scale, profiles[0, e, b0:b1], profiles[1, e, b0:b1])
+    part_scale[item] = weight_gradients(
+        gate_rows.reshape(T * nb, GH), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
+        x.reshape(T * nb, D), log_cutoff, part_ih[item], part_hh[item], part_b[item])
+
+
+@jit
+def forward_item(item, inputs, w_ih_t, w_hh_t, bias, item_net, item_b0, item_b1, states):
+    """Forward pass of one work item into its own slots of ``states`` = (h, c), each (E, B, T, H)."""
+    T = inputs.shape[2]
+    H, GH = w_hh_t.shape[1], w_hh_t.shape[2]
+    e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
+    x = gather_inputs(inputs, e, b0, nb)
+    hs = np.empty((T + 1, nb, H), inputs.dtype)
+    cs = np.empty((T + 1, nb, H), inputs.dtype)
+    lstm_forward(x, w_ih_t[e], w_hh_t[e], bias[e], np.empty((T, nb, GH), inputs.dtype), hs, cs,
+                 np.empty((T, nb, H), inputs.dtype))
+    for b in range(nb):
+        for t in range(T):
+            states[0, e, b0 + b, t] = hs[t + 1, b]
+            states[1, e, b0 + b, t] = cs[t + 1, b]

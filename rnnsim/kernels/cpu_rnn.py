@@ -1,15 +1,18 @@
 r"""Elman (tanh) RNN: @njit forward and log-domain backward for one work item.
 
-A work item is one network and a tile of ``nb`` of its sequences. Buffers are
-time-major, ``(T, nb, ...)``, so each step is one small matrix product over the
-tile and the weight gradients are one large product over all (step, sequence) rows.
+The math is stated in :mod:`rnnsim.cells.rnn`. A work item is one network and a
+tile of ``nb`` of its sequences. Buffers are time-major, ``(T, nb, ...)``, so each
+step is one small matrix product over the tile and the weight gradients are one
+large product over all (step, sequence) rows. :func:`gradients_item` and
+:func:`forward_item` are this cell's entry points for the driver
+:mod:`rnnsim.kernels.cpu` (every cell's module has both, with one signature).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ._vmath import tanh
-from .cpu_common import jit, renormalise, typed
+from .cpu_common import gather_inputs, jit, loss_adjoints, renormalise, typed, weight_gradients
 
 
 @jit
@@ -84,3 +87,43 @@ def rnn_backward(hs, w_hh, local, local_log, mant_h, scale, da, da_scale, log_h)
             renormalise(scale, mant_h, no_c, local[:0, 0], local_log[:0, 0])
     for b in range(nb):
         log_h[b, 0] = scale[b]
+
+
+@jit
+def gradients_item(item, loss_every, inputs, targets, w_ih_t, w_hh_t, w_hh, bias, w_out, b_out,
+                   item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_b, part_scale,
+                   part_out, part_bout, part_loss, profiles):
+    """Forward, readout and log-domain BPTT of one work item; writes only its own slots
+    (``part_*[item]`` and ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile)."""
+    B, T, D = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+    H = w_hh.shape[2]
+    e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
+    nb = b1 - b0
+    x = gather_inputs(inputs, e, b0, nb)
+    hs = np.empty((T + 1, nb, H), inputs.dtype)
+    # one (step, sequence) row per gate unit: the forward's input projections, which
+    # the backward overwrites in place with dL/da_t (the projections are spent by then)
+    gate_rows = np.empty((T, nb, H), inputs.dtype)
+    rnn_forward(x, w_ih_t[e], w_hh_t[e], bias[e], gate_rows, hs)
+    inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
+    part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
+        loss_every, targets, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item])
+    da_scale = np.empty((T, nb))
+    rnn_backward(hs, w_hh[e], local, local_log, mant_h, scale, gate_rows, da_scale, profiles[0, e, b0:b1])
+    part_scale[item] = weight_gradients(
+        gate_rows.reshape(T * nb, H), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
+        x.reshape(T * nb, D), log_cutoff, part_ih[item], part_hh[item], part_b[item])
+
+
+@jit
+def forward_item(item, inputs, w_ih_t, w_hh_t, bias, item_net, item_b0, item_b1, states):
+    """Forward pass of one work item into its own slots of ``states[0]`` = h (E, B, T, H)."""
+    T = inputs.shape[2]
+    H = w_hh_t.shape[1]
+    e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
+    x = gather_inputs(inputs, e, b0, nb)
+    hs = np.empty((T + 1, nb, H), inputs.dtype)
+    rnn_forward(x, w_ih_t[e], w_hh_t[e], bias[e], np.empty((T, nb, H), inputs.dtype), hs)
+    for b in range(nb):
+        for t in range(T):
+            states[0, e, b0 + b, t] = hs[t + 1, b]
