@@ -5,18 +5,19 @@ Public API
 gradients(cell, params, inputs, targets, *, loss="last", device="cpu")
 forward(cell, params, inputs, *, device="cpu")
 init_params(cell, hidden_size, input_size, num_classes, ensemble=1, ...)
-reference            the NumPy float64 statement of the math
+cells                the cell registry: cells.names(), cells.get(name)
+reference            the NumPy float64 time loop over the cells' steps
 theory, sweep, plot  mean-field theory, sweeps and figures (imported on first use)
 """
 import importlib
 
 __version__ = "0.1.0"
 
-from . import reference  # noqa: E402
+from . import cells, reference  # noqa: E402
 from .engine import forward, gradients  # noqa: E402
 from .init import init_params  # noqa: E402
 
-__all__ = ["gradients", "forward", "init_params", "reference", "theory", "sweep", "plot", "__version__"]
+__all__ = ["gradients", "forward", "init_params", "cells", "reference", "theory", "sweep", "plot", "__version__"]
 
 _LAZY = ("theory", "sweep", "plot")  # SciPy/matplotlib imports the core does not need
 

@@ -71,3 +71,14 @@ def gradients_bytes(G: int, n_states: int, E: int, B: int, T: int, D: int, H: in
         per_sequence += T * (K + H) * itemsize
     items = min(workers, max(1, E * -(-B // tile))) * min(tile, B)
     return inputs + profiles + grads + items * per_sequence
+
+
+def forward_bytes(G: int, n_states: int, E: int, B: int, T: int, D: int, H: int, itemsize: int, *,
+                  workers: int, tile: int) -> int:
+    """Peak of one ``forward`` call on the CPU: a contiguous copy of the inputs, the
+    returned states, and the activations of ``workers`` work items at once."""
+    inputs = E * B * T * D * itemsize
+    states = n_states * E * B * T * H * itemsize
+    per_sequence = (T + 1) * (G * H + (1 + n_states) * H + D) * itemsize
+    items = min(workers, max(1, E * -(-B // tile))) * min(tile, B)
+    return inputs + states + items * per_sequence

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+
 import numpy as np
 
-from . import cells
+from . import _memory, cells, config
 from .cells import PARAM_KEYS
 from .losses import LOSSES, target_shape
 
@@ -52,10 +54,43 @@ def _as_array(name, value) -> np.ndarray:
     return value
 
 
+_FINITE_BLOCK = 1 << 22  # elements checked at once: the check never copies a large input
+
+
+def _blocks(arr: np.ndarray):
+    """Views of ``arr`` of at most about ``_FINITE_BLOCK`` elements that together cover it."""
+    if arr.size <= _FINITE_BLOCK or arr.ndim == 0:
+        yield arr
+    elif arr.ndim == 1:
+        for start in range(0, arr.shape[0], _FINITE_BLOCK):
+            yield arr[start:start + _FINITE_BLOCK]
+    else:
+        for sub in arr:
+            yield from _blocks(sub)
+
+
 def _require_finite(name: str, arr: np.ndarray) -> None:
-    if not np.isfinite(arr).all():
-        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+    bad = sum(int(block.size - np.count_nonzero(np.isfinite(block))) for block in _blocks(arr))
+    if bad:
         raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
+
+
+def _require_memory(problem, need_targets: bool) -> None:
+    """Refuse, before anything is copied or allocated, a call that cannot fit in memory."""
+    p = problem
+    n_states = len(cells.get(p.cell).state)
+    workers = os.cpu_count() or 1
+    tile = max(1, int(config.CPU_SEQUENCE_TILE))
+    item = p.dtype.itemsize
+    if need_targets:
+        nbytes = _memory.gradients_bytes(p.G, n_states, p.E, p.B, p.T, p.D, p.H, p.K, item,
+                                         loss_every=p.loss == "every", workers=workers, tile=tile)
+        what = "gradients"
+    else:
+        nbytes = _memory.forward_bytes(p.G, n_states, p.E, p.B, p.T, p.D, p.H, item,
+                                       workers=workers, tile=tile)
+        what = "forward"
+    _memory.require(nbytes, f"{what}() for E={p.E}, B={p.B}, T={p.T}, D={p.D}, H={p.H}, K={p.K} ({p.dtype})")
 
 
 def check_problem(cell, params, inputs, targets, loss="last", *, need_targets=True):
@@ -117,6 +152,8 @@ def check_problem(cell, params, inputs, targets, loss="last", *, need_targets=Tr
         if size == 0:
             raise ValueError(f"{name} must be at least 1, got 0")
 
+    problem = Problem(cell=cell, loss=loss, E=E, B=B, T=T, D=D, H=H, K=K, dtype=dtype)
+    _require_memory(problem, need_targets)
     _require_finite("inputs", inputs)
     for key in PARAM_KEYS:
         _require_finite(key, arrays[key])
@@ -134,6 +171,5 @@ def check_problem(cell, params, inputs, targets, loss="last", *, need_targets=Tr
                              f"found values in [{tgt.min()}, {tgt.max()}]")
         tgt = np.ascontiguousarray(tgt, dtype=np.int64)
 
-    problem = Problem(cell=cell, loss=loss, E=E, B=B, T=T, D=D, H=H, K=K, dtype=dtype)
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     return problem, arrays, np.ascontiguousarray(inputs), tgt

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from . import cells
+from . import _memory, cells
 from ._validate import check_choice
 
 SCHEMES = ("gaussian", "orthogonal", "uniform", "identity")
@@ -58,7 +58,8 @@ def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, schem
 
     Parameters
     ----------
-    cell : {"rnn", "lstm"}
+    cell : str
+        A name from :func:`rnnsim.cells.names` ("rnn", "lstm").
     hidden_size, input_size, num_classes : int
         H, D and K.
     ensemble : int
@@ -114,6 +115,8 @@ def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, schem
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
 
     G = spec.G
+    _memory.require(_memory.init_bytes(G, E, H, D, K, dtype.itemsize),
+                    f"init_params({cell!r}, hidden_size={H}, input_size={D}, num_classes={K}, ensemble={E})")
     out = {k: np.zeros(s, dtype=np.float64) for k, s in spec.param_shapes(E, H, D, K).items()}
     for e in range(E):
         rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(e,)))

@@ -1,10 +1,11 @@
 """Numba CPU kernels against the NumPy reference (float64 to 1e-12, float32 to 1e-5)."""
 import numpy as np
 import pytest
+from helpers import assert_close, assert_outputs_close, make_problem
 
 import rnnsim
-from rnnsim import config, reference
-from helpers import assert_close, assert_outputs_close, make_problem
+from rnnsim import cells, config, reference
+from rnnsim.losses import LOSSES
 
 SHAPES = [  # E, B, T, D, H, K
     (3, 5, 7, 3, 4, 3),
@@ -16,8 +17,8 @@ SHAPES = [  # E, B, T, D, H, K
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
-@pytest.mark.parametrize("loss", ["last", "every"])
+@pytest.mark.parametrize("cell", cells.names())
+@pytest.mark.parametrize("loss", LOSSES)
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "E{}B{}T{}D{}H{}K{}".format(*s))
 def test_cpu_gradients_match_reference(shape, loss, cell, dtype):
     params, x, y = make_problem(cell, *shape, loss=loss, dtype=dtype, seed=sum(shape))
@@ -30,8 +31,8 @@ def test_cpu_gradients_match_reference(shape, loss, cell, dtype):
     assert_outputs_close(got, ref, dtype)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
-@pytest.mark.parametrize("loss", ["last", "every"])
+@pytest.mark.parametrize("cell", cells.names())
+@pytest.mark.parametrize("loss", LOSSES)
 def test_sequence_tiles_merge_exactly(monkeypatch, cell, loss):
     """Several tiles per network (2, 2, 1 sequences) give the one-tile answer."""
     params, x, y = make_problem(cell, 2, 5, 6, 3, 4, 3, loss=loss, seed=3)
@@ -44,17 +45,15 @@ def test_sequence_tiles_merge_exactly(monkeypatch, cell, loss):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", cells.names())
 def test_forward_matches_reference(cell, dtype):
     params, x, _ = make_problem(cell, 3, 4, 6, 2, 5, 3, dtype=dtype)
     got = rnnsim.forward(cell, params, x)
     ref = reference.forward(cell, params, x)
-    assert got["h"].shape == (3, 4, 6, 5) and got["h"].dtype == dtype
-    assert_close(got["h"], ref["h"][:, :, 1:], {np.float64: 1e-12, np.float32: 1e-5}[dtype], name="h")
-    if cell == "lstm":
-        assert_close(got["c"], ref["c"][:, :, 1:], {np.float64: 1e-12, np.float32: 1e-5}[dtype], name="c")
-    else:
-        assert set(got) == {"h"}
+    assert set(got) == set(cells.get(cell).state)
+    for name in got:
+        assert got[name].shape == (3, 4, 6, 5) and got[name].dtype == dtype
+        assert_close(got[name], ref[name][:, :, 1:], {np.float64: 1e-12, np.float32: 1e-5}[dtype], name=name)
 
 
 def test_saturated_units_give_exact_zero_adjoints():

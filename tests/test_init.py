@@ -6,7 +6,7 @@ import rnnsim
 from rnnsim import cells
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", cells.names())
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_shapes_and_dtype(cell, dtype):
     p = rnnsim.init_params(cell, 5, 3, 4, 2, dtype=dtype)
@@ -55,7 +55,7 @@ def test_forget_bias_lands_in_the_forget_rows():
 
 
 @pytest.mark.parametrize("kw, exc, words", [
-    (dict(cell="gru"), ValueError, "cell"),
+    (dict(cell="elman"), ValueError, "cell"),
     (dict(scheme="xavier"), ValueError, "scheme"),
     (dict(hidden_size=0), ValueError, "hidden_size"),
     (dict(ensemble=-1), ValueError, "ensemble"),
@@ -71,3 +71,21 @@ def test_bad_arguments(kw, exc, words):
     args.update(kw)
     with pytest.raises(exc, match=words):
         rnnsim.init_params(**args)
+
+
+@pytest.mark.parametrize("kw", [dict(hidden_size=10**9), dict(cell="lstm", hidden_size=10**5),
+                                dict(ensemble=10**12), dict(input_size=10**12), dict(num_classes=10**12)])
+def test_impossible_sizes_are_refused_before_allocating(kw):
+    args = dict(cell="rnn", hidden_size=3, input_size=2, num_classes=2)
+    args.update(kw)
+    with pytest.raises(ValueError, match=r"init_params\(.*needs about .* of memory but only .* is available"):
+        rnnsim.init_params(**args)
+
+
+def test_memory_limit_is_a_tunable(monkeypatch):
+    from rnnsim import config
+    monkeypatch.setattr(config, "MEMORY_LIMIT_BYTES", 10_000)
+    with pytest.raises(ValueError, match="only 0.00954 MiB is available"):
+        rnnsim.init_params("rnn", 64, 8, 4, 2)
+    monkeypatch.setattr(config, "MEMORY_LIMIT_BYTES", None)
+    assert rnnsim.init_params("rnn", 64, 8, 4, 2)["weight_hh_l0"].shape == (2, 64, 64)

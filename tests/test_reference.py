@@ -1,14 +1,15 @@
 """The NumPy reference against central finite differences and analytic identities."""
 import numpy as np
 import pytest
-
-from rnnsim import reference
-from rnnsim.cells import PARAM_KEYS
 from helpers import make_problem
 
+from rnnsim import cells, reference
+from rnnsim.cells import PARAM_KEYS
+from rnnsim.losses import LOSSES
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
-@pytest.mark.parametrize("loss", ["last", "every"])
+
+@pytest.mark.parametrize("cell", cells.names())
+@pytest.mark.parametrize("loss", LOSSES)
 def test_reference_matches_central_differences(cell, loss):
     params, x, y = make_problem(cell, E=2, B=3, T=4, D=3, H=3, K=4, loss=loss, seed=7)
     grads = reference.gradients(cell, params, x, y, loss=loss)
@@ -27,7 +28,7 @@ def test_reference_matches_central_differences(cell, loss):
         np.testing.assert_allclose(grads[key], numeric, rtol=1e-6, atol=1e-8, err_msg=key)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", cells.names())
 def test_network_gradients_are_independent(cell):
     """dL_e/dθ_e only: perturbing network 1 leaves network 0's loss and gradients alone."""
     params, x, y = make_problem(cell, E=2, B=2, T=3, D=2, H=3, K=3)

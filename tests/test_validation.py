@@ -87,3 +87,38 @@ def test_non_contiguous_inputs_are_accepted(problem):
     wide[..., ::2] = x
     np.testing.assert_array_equal(_call(params, wide[..., ::2], y)["weight_hh_l0"],
                                   _call(params, x, y)["weight_hh_l0"])
+
+
+@pytest.mark.parametrize("entry", ["gradients", "forward"])
+def test_impossible_sizes_are_refused_before_copying(entry):
+    """A broadcast view of 3e10 elements: refused by size, never copied or scanned."""
+    params = rnnsim.init_params("rnn", 3, 3, 2, 1)
+    x = np.broadcast_to(np.zeros(1), (1, 100_000, 100_000, 3))
+    args = (params, x, np.zeros((1, 100_000), dtype=np.int64)) if entry == "gradients" else (params, x)
+    with pytest.raises(ValueError, match=rf"{entry}\(\) for E=1, B=100000, T=100000.*needs about "
+                                         r".* GiB of memory but only"):
+        getattr(rnnsim, entry)("rnn", *args)
+
+
+def test_validation_does_not_copy_its_input():
+    """The NaN/inf check runs over blocks of a broadcast view: peak memory stays far
+    below the 256 MB that one boolean copy of it would take."""
+    import tracemalloc
+
+    params = rnnsim.init_params("rnn", 3, 8, 2, 1)
+    x = np.broadcast_to(np.array(np.nan), (1, 2000, 2000, 8))  # 32e6 elements, no memory
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="inputs contains 32000000 NaN/inf value"):
+            rnnsim.forward("rnn", params, x)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 2**20, peak
+
+
+def test_memory_limit_refuses_a_normal_call(problem, monkeypatch):
+    from rnnsim import config
+    monkeypatch.setattr(config, "MEMORY_LIMIT_BYTES", 1000)
+    with pytest.raises(ValueError, match="needs about .* of memory but only"):
+        _call(*problem)

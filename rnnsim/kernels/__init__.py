@@ -1,8 +1,9 @@
-"""Compute kernels.
+"""Compute kernels: one module per cell and backend, forward above backward.
 
-``cpu_rnn``/``cpu_lstm`` hold the @njit kernels (each cell's forward next to its
-backward) and ``cpu`` their host driver; ``gpu_rnn``/``gpu_lstm`` and ``gpu`` are
-the numba.cuda twins. Every driver exposes ``gradients(problem, params, inputs,
-targets)`` returning the raw log-domain results that ``rnnsim.logdomain.assemble``
-turns into gradients, and ``forward(problem, params, inputs)``.
+``cpu_<cell>`` holds a cell's @njit kernels and ``gpu_<cell>`` their numba.cuda
+twin; :class:`rnnsim.cells.Cell` names both (``cpu_kernels``, ``gpu_kernels``).
+``cpu`` and ``gpu`` are the host drivers; neither knows a cell by name. Every
+driver exposes ``gradients(problem, params, inputs, targets)`` returning the raw
+log-domain results that ``rnnsim.logdomain.assemble`` turns into gradients, and
+``forward(problem, params, inputs)``.
 """
