@@ -17,7 +17,8 @@ from . import cells, reference  # noqa: E402
 from .engine import forward, gradients  # noqa: E402
 from .init import init_params  # noqa: E402
 
-__all__ = ["gradients", "forward", "init_params", "cells", "reference", "theory", "sweep", "plot", "__version__"]
+__all__ = ["gradients", "forward", "init_params", "cells", "reference", "theory", "sweep", "plot",
+           "__version__"]
 
 _LAZY = ("theory", "sweep", "plot")  # SciPy/matplotlib imports the core does not need
 

@@ -5,9 +5,8 @@ so that the CLI can print it and exit with code 2.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import os
+from dataclasses import dataclass
 
 import numpy as np
 

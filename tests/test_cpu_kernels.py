@@ -1,11 +1,12 @@
 """Numba CPU kernels against the NumPy reference (float64 to 1e-12, float32 to 1e-5)."""
 import numpy as np
 import pytest
-from helpers import assert_close, assert_outputs_close, make_problem
 
 import rnnsim
 from rnnsim import cells, config, reference
 from rnnsim.losses import LOSSES
+
+from helpers import assert_close, assert_outputs_close, make_problem
 
 SHAPES = [  # E, B, T, D, H, K
     (3, 5, 7, 3, 4, 3),

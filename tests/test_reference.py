@@ -1,11 +1,12 @@
 """The NumPy reference against central finite differences and analytic identities."""
 import numpy as np
 import pytest
-from helpers import make_problem
 
 from rnnsim import cells, reference
 from rnnsim.cells import PARAM_KEYS
 from rnnsim.losses import LOSSES
+
+from helpers import make_problem
 
 
 @pytest.mark.parametrize("cell", cells.names())

@@ -6,11 +6,12 @@ against autograd through an explicitly unrolled loop.
 """
 import numpy as np
 import pytest
-from helpers import assert_close, make_problem
 
 import rnnsim
 from rnnsim import cells, reference
 from rnnsim.losses import LOSSES
+
+from helpers import assert_close, make_problem
 
 torch = pytest.importorskip("torch")
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import rnnsim
+
 from helpers import make_problem
 
 
