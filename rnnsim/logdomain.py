@@ -92,14 +92,14 @@ def relative_weights(scales, axes, cutoff):
     """Identity 2: S* = max of ``scales`` over ``axes`` and the weights exp(s - S*).
 
     Weights of -inf scales, and those below ``exp(cutoff)``, are 0. Returns
-    ``(top, weights)``; ``top`` is -inf where every scale is -inf.
+    ``(s_star, weights)``; ``s_star`` is -inf where every scale is -inf.
     """
     scales = np.asarray(scales, dtype=np.float64)
-    top = np.max(scales, axis=axes, keepdims=True)
-    rel = scales - np.where(np.isfinite(top), top, 0.0)
+    s_star = np.max(scales, axis=axes, keepdims=True)
+    rel = scales - np.where(np.isfinite(s_star), s_star, 0.0)
     with np.errstate(invalid="ignore"):
         weights = np.where(np.isfinite(scales) & (rel > cutoff), np.exp(rel), 0.0)
-    return np.squeeze(top, axis=axes), weights
+    return np.squeeze(s_star, axis=axes), weights
 
 
 def merge_scaled(parts, part_scale, group, n_groups, cutoff):
@@ -115,11 +115,11 @@ def merge_scaled(parts, part_scale, group, n_groups, cutoff):
 
     Returns
     -------
-    (merged dict name -> (n_groups, ...) float64, top (n_groups,) float64)
+    (merged dict name -> (n_groups, ...) float64, s_star (n_groups,) float64)
     """
-    top = np.full(n_groups, -np.inf)
-    np.maximum.at(top, group, part_scale)
-    rel = part_scale - np.where(np.isfinite(top[group]), top[group], 0.0)
+    s_star = np.full(n_groups, -np.inf)
+    np.maximum.at(s_star, group, part_scale)
+    rel = part_scale - np.where(np.isfinite(s_star[group]), s_star[group], 0.0)
     with np.errstate(invalid="ignore"):
         factor = np.where(np.isfinite(part_scale) & (rel > cutoff), np.exp(rel), 0.0)
     merged = {}
@@ -127,7 +127,7 @@ def merge_scaled(parts, part_scale, group, n_groups, cutoff):
         out = np.zeros((n_groups,) + part.shape[1:], dtype=np.float64)
         np.add.at(out, group, part * factor.reshape((-1,) + (1,) * (part.ndim - 1)))
         merged[key] = out
-    return merged, top
+    return merged, s_star
 
 
 def tie_biases(cell, mantissas):

@@ -102,7 +102,7 @@ def raw_gradients(problem, params, inputs, targets):
         profiles[name][:, :, 0] = scale + _log_norm(mant[name])
 
     # ---- parameter gradients relative to S* (identity 2)
-    top, weight = logdomain.relative_weights(row_scale, (1, 2), logdomain.log_weight_cutoff(problem.dtype))
+    s_star, weight = logdomain.relative_weights(row_scale, (1, 2), logdomain.log_weight_cutoff(problem.dtype))
     rel = {side: m * weight[..., None] for side, m in row_mant.items()}
     mantissas = {
         "weight_ih_l0": np.einsum("ebtg,ebtd->egd", rel["ih"], x),
@@ -110,7 +110,7 @@ def raw_gradients(problem, params, inputs, targets):
         "bias_ih_l0": rel["ih"].sum(axis=(1, 2)),
         "bias_hh_l0": rel["hh"].sum(axis=(1, 2)),
     }
-    raw = {"mantissas": mantissas, "log_scale": top, "loss": out["loss"],
+    raw = {"mantissas": mantissas, "log_scale": s_star, "loss": out["loss"],
            "weight_out": out["weight_out"], "bias_out": out["bias_out"]}
     for name, key in spec.profile_keys().items():
         raw[key] = profiles[name]

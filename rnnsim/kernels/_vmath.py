@@ -30,7 +30,8 @@ Design notes
   ``reassoc``/``arcp``/... cannot re-associate the Cody--Waite reduction
   ``(x - k*ln2_hi) - k*ln2_lo`` into ``x - k*ln2`` or otherwise change the
   accuracy. They are compiled with ``forceinline=True`` (LLVM ``alwaysinline``)
-  because tanh/sigmoid exceed LLVM's default inlining threshold. ``tests/test_vmath.py`` checks the accuracy from such a caller.
+  because tanh/sigmoid exceed LLVM's default inlining threshold.
+  ``tests/test_vmath.py`` checks the accuracy from such a caller.
 * No ``nnan``/``ninf`` anywhere, and every clamp is written as
   ``c if x > c else x`` (false for NaN, so NaN is kept) rather than
   ``min``/``max`` (whose NaN behaviour depends on the operand order).

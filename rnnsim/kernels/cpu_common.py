@@ -73,15 +73,15 @@ def output_layer(h_rows, w_out, b_out, targets, inv_count, dlogits, local):
     np.dot(h_rows, w_out.T, dlogits)
     total = 0.0
     for r in range(R):
-        top = -np.inf
+        z_max = -np.inf
         for k in range(K):
             z = dlogits[r, k] + b_out[k]
             dlogits[r, k] = z
-            top = max(top, float(z))
+            z_max = max(z_max, float(z))
         sum_exp = 0.0
         for k in range(K):
-            sum_exp += math.exp(float(dlogits[r, k]) - top)
-        log_z = top + math.log(sum_exp)
+            sum_exp += math.exp(float(dlogits[r, k]) - z_max)
+        log_z = z_max + math.log(sum_exp)
         total += log_z - float(dlogits[r, targets[r]])
         for k in range(K):
             dlogits[r, k] = math.exp(float(dlogits[r, k]) - log_z) * inv_count
@@ -229,12 +229,12 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, g_ih, g_hh
     """
     R = da_rows.shape[0]
     H, D = h_rows.shape[1], x_rows.shape[1]
-    top = -np.inf
+    s_star = -np.inf
     for r in range(R):
-        top = max(top, scale_rows[r])
+        s_star = max(s_star, scale_rows[r])
     z = np.empty((R, H + D + 1), da_rows.dtype)
     for r in range(R):
-        rel = scale_rows[r] - top
+        rel = scale_rows[r] - s_star
         w = typed(z, math.exp(rel) if rel > log_cutoff else 0.0)
         for j in range(H):
             z[r, j] = w * h_rows[r, j]
@@ -245,4 +245,4 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, g_ih, g_hh
     g_hh[:] = g[:, :H]
     g_ih[:] = g[:, H:H + D]
     g_b[:] = g[:, H + D]
-    return top
+    return s_star
