@@ -31,7 +31,7 @@ import time
 import numpy as np
 
 import rnnsim
-from rnnsim import reference
+from rnnsim import cells, reference
 from rnnsim._machine import cpu_model
 
 E, B, H, D, T, K = 16, 16, 64, 8, 256, 4
@@ -56,7 +56,7 @@ def gemm_rate(dtype, n=2048, repeats=7):
 
 
 def flops(cell):
-    G = 4 if cell == "lstm" else 1
+    G = cells.get(cell).G
     return E * B * T * (6 * G * H * H + 4 * G * H * D)
 
 
@@ -94,8 +94,9 @@ def torch_bmm_baseline(cell, params, x, y):
 
 def machine():
     import numba
-    return (f"{cpu_model()}, {os.cpu_count()} cores, numba {numba.__version__} ({numba.get_num_threads()} threads), "
-            f"numpy {np.__version__}, Python {platform.python_version()}")
+    return (f"{cpu_model()}, {os.cpu_count()} cores, numba {numba.__version__} "
+            f"({numba.get_num_threads()} threads), numpy {np.__version__}, "
+            f"Python {platform.python_version()}")
 
 
 def main():
@@ -111,12 +112,13 @@ def main():
         torch = None
         torch_version = None
 
-    print(f"machine: {machine()}" + (f", torch {torch_version} ({torch.get_num_threads()} threads)" if torch else ""))
+    torch_note = f", torch {torch_version} ({torch.get_num_threads()} threads)" if torch else ""
+    print(f"machine: {machine()}{torch_note}")
     print(f"workload: E={E} x B={B}, H={H}, D={D}, T={T}, K={K}, loss=last, forward + BPTT; medians")
     rows = []
     for dtype in (np.float64, np.float32):
         peak = gemm_rate(dtype)
-        for cell in ("rnn", "lstm"):
+        for cell in cells.names():
             params = rnnsim.init_params(cell, H, D, K, E, seed=0, dtype=dtype)
             rng = np.random.default_rng(1)
             x = rng.standard_normal((E, B, T, D)).astype(dtype)
@@ -138,9 +140,12 @@ def main():
     print()
     print(f"{'dtype':8} {'cell':5} {'rnnsim':>10} {'numpy ref':>10} {'torch bmm':>10} {'torch ftz':>10} "
           f"{'vs ref':>8} {'vs torch':>9} {'vs ftz':>8} {'GFLOP/s':>8} {'% GEMM':>7}")
+    def fmt(seconds):
+        return f"{seconds * 1e3:8.1f}ms" if seconds is not None else f"{'-':>10}"
+
     for name, cell, ours, ref, tb, tbf, rate, peak in rows:
-        fmt = lambda s: f"{s * 1e3:8.1f}ms" if s is not None else f"{'-':>10}"
-        ratio = lambda s: f"{s / ours:7.1f}x" if s is not None else f"{'-':>8}"
+        def ratio(seconds):
+            return f"{seconds / ours:7.1f}x" if seconds is not None else f"{'-':>8}"
         print(f"{name:8} {cell:5} {fmt(ours)} {fmt(ref)} {fmt(tb)} {fmt(tbf)} {ratio(ref)} {ratio(tb):>9} "
               f"{ratio(tbf)} {rate / 1e9:8.1f} {100 * rate / peak:6.0f}%")
     print()
