@@ -1,0 +1,79 @@
+"""The log-domain identities of rnnsim.logdomain against plain float64 arithmetic."""
+import math
+
+import numpy as np
+import pytest
+
+from rnnsim import config, logdomain
+
+
+def test_log_add_equals_the_plain_sum_and_renormalises():
+    rng = np.random.default_rng(0)
+    scale = np.array([0.3, -2.0, -np.inf, 1.0])
+    mant = {"h": rng.standard_normal((4, 5)), "c": rng.standard_normal((4, 5))}
+    local = rng.standard_normal((4, 5))
+    local[3] = 0.0
+    new_scale, new = logdomain.log_add(scale, mant, local)
+    with np.errstate(invalid="ignore"):
+        plain_h = np.where(np.isfinite(scale)[:, None], np.exp(scale)[:, None] * mant["h"], 0.0) + local
+        plain_c = np.where(np.isfinite(scale)[:, None], np.exp(scale)[:, None] * mant["c"], 0.0)
+    np.testing.assert_allclose(np.exp(new_scale)[:, None] * new["h"], plain_h, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(np.exp(new_scale)[:, None] * new["c"], plain_c, rtol=1e-13, atol=1e-15)
+    joint = np.sqrt(np.sum(new["h"] ** 2, axis=1) + np.sum(new["c"] ** 2, axis=1))
+    np.testing.assert_allclose(joint, 1.0, rtol=1e-14)
+
+
+def test_log_add_never_overflows():
+    """exp(800) u + g: the float64 value would overflow; the log form does not."""
+    scale = np.array([800.0, -800.0])
+    u = np.array([[0.6, 0.8], [1.0, 0.0]])
+    g = np.array([[1.0, 0.0], [0.0, 2.0]])
+    new_scale, new = logdomain.log_add(scale, {"h": u}, g)
+    assert new_scale[0] == pytest.approx(800.0, abs=1e-12)        # g is negligible next to e^800
+    assert new_scale[1] == pytest.approx(math.log(2.0), abs=1e-12)  # e^-800 u is negligible next to g
+    np.testing.assert_allclose(new["h"], [[0.6, 0.8], [0.0, 1.0]], atol=1e-15)
+
+
+def test_zero_adjoint_stays_minus_inf():
+    scale, new = logdomain.log_add(np.array([-np.inf]), {"h": np.zeros((1, 3))}, np.zeros((1, 3)))
+    assert scale[0] == -np.inf and np.all(new["h"] == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cutoff_is_the_configured_power_of_tiny(dtype, monkeypatch):
+    assert logdomain.log_weight_cutoff(dtype) == pytest.approx(0.5 * math.log(np.finfo(dtype).tiny))
+    monkeypatch.setattr(config, "LOG_WEIGHT_CUTOFF_POWER", 1.0)
+    assert logdomain.log_weight_cutoff(dtype) == pytest.approx(math.log(np.finfo(dtype).tiny))
+
+
+def test_relative_weights_and_merge_equal_the_plain_sums():
+    rng = np.random.default_rng(1)
+    scales = rng.uniform(-5, 5, size=(2, 3, 4))
+    scales[1, 0, 0] = -np.inf
+    top, w = logdomain.relative_weights(scales, (1, 2), -700.0)
+    np.testing.assert_array_equal(top, scales.reshape(2, -1).max(axis=1))
+    plain = np.where(np.isfinite(scales), np.exp(scales), 0)
+    np.testing.assert_allclose(w * np.exp(top)[:, None, None], plain, rtol=1e-14)
+    parts = {"a": rng.standard_normal((5, 3))}
+    part_scale = np.array([1.0, -3.0, 2.0, -np.inf, 0.5])
+    group = np.array([0, 0, 1, 1, 1])
+    merged, s_star = logdomain.merge_scaled(parts, part_scale, group, 2, -700.0)
+    np.testing.assert_array_equal(s_star, [1.0, 2.0])
+    plain = np.zeros((2, 3))
+    for i in range(5):
+        if np.isfinite(part_scale[i]):
+            plain[group[i]] += parts["a"][i] * math.exp(part_scale[i])
+    np.testing.assert_allclose(merged["a"] * np.exp(s_star)[:, None], plain, rtol=1e-14)
+
+
+def test_terms_below_the_cutoff_are_dropped():
+    top, w = logdomain.relative_weights(np.array([[0.0, -50.0, -10.0]]), (1,), -20.0)
+    np.testing.assert_array_equal(w, [[1.0, 0.0, math.exp(-10.0)]])
+
+
+def test_finalize_gives_inf_never_nan_and_a_finite_log_norm():
+    mant = {k: np.array([[0.5, -0.5, 0.0]]) for k in logdomain.RECURRENT_KEYS}
+    readout = {"weight_out": np.ones((1, 2)), "bias_out": np.ones(1)}
+    out = logdomain.finalize(mant, np.array([1000.0]), readout, np.float64)
+    np.testing.assert_array_equal(out["bias_ih_l0"], [[np.inf, -np.inf, 0.0]])
+    assert out["log_grad_norm_params"][0] == pytest.approx(1000.0 + 0.5 * math.log(4 * 0.5), abs=1e-12)
