@@ -52,7 +52,7 @@ def _recurrent_block(rng, scheme, scale, H):
 
 
 def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, scheme="gaussian",
-                scale=1.0, input_scale=1.0, bias_scale=0.0, forget_bias=0.0, seed=0,
+                scale=1.0, input_scale=1.0, bias_scale=0.0, forget_bias=0.0, update_bias=0.0, seed=0,
                 dtype=np.float64):
     r"""Draw the parameters of ``ensemble`` independent networks.
 
@@ -71,7 +71,10 @@ def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, schem
     input_scale, bias_scale : float
         sigma_u and sigma_b (>= 0).
     forget_bias : float
-        Added to the forget-gate rows of ``bias_ih_l0`` (lstm only).
+        Added to the forget-gate rows of ``bias_ih_l0`` (cells with a gate ``f``: the lstm).
+    update_bias : float
+        Added to the update-gate rows of ``bias_ih_l0`` (cells with a gate ``z``: the gru),
+        the gru's analogue of the forget bias: σ(b_z) is its carry-over fraction.
     seed : int
         Network e's weights depend only on (seed, e).
     dtype : float32 or float64
@@ -107,7 +110,8 @@ def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, schem
     scale = _nonneg_float("scale", scale, positive=True)
     input_scale = _nonneg_float("input_scale", input_scale)
     bias_scale = _nonneg_float("bias_scale", bias_scale)
-    gate_bias = {"forget_bias": _finite_float("forget_bias", forget_bias)}
+    gate_bias = {"forget_bias": _finite_float("forget_bias", forget_bias),
+                 "update_bias": _finite_float("update_bias", update_bias)}
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     dtype = np.dtype(dtype)

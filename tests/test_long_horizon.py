@@ -8,6 +8,12 @@ W_hh whose g-block is zero. Then g_t = tanh(0) = 0, so c_t = 0 and h_t = 0 for a
 t; i = o = 1/2, f = σ(b_f). Backward: δg = δc·i·(1-g²) reaches h_{t-1} only through
 the zero g-block, δi ∝ g = 0, δf ∝ c_{t-1} = 0, δo ∝ tanh(c_t) = 0; so dL/dh_{t<T} = 0
 and the total dL/dc_t = f^(T-t) · o · dL/dh_T: ln||dL/dc_0|| - ln||dL/dc_T|| = T ln σ(b_f).
+
+gru (derived here): zero inputs and biases except the update bias b_z, and W_hn = 0.
+Then u = W_hn h + b_hn = 0, n = tanh(0) = 0 and h_t = z h_{t-1} = 0 for all t, with
+z = σ(b_z). Backward: δa^z ∝ (h_{t-1} - n) = 0, δa^r ∝ u = 0, and δu reaches h_{t-1}
+only through W_hn = 0, so dL/dh_{t-1} = z ⊙ dL/dh_t: the direct path alone, exactly
+σ(b_z) per step.
 """
 import math
 
@@ -92,6 +98,31 @@ def test_lstm_cell_path_decays_by_forget_gate(forget_bias, dtype):
     np.testing.assert_allclose(out["log_grad_norm_c"][..., T_LONG],
                                out["log_grad_norm"][..., T_LONG] + math.log(0.5), rtol=1e-6)
     assert np.all(out["log_grad_norm"][..., :T_LONG] == -np.inf)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("update_bias", [-2.0, 4.0])
+def test_gru_h_path_decays_by_update_gate(update_bias, dtype):
+    E, B, H, D, K = 2, 2, 5, 2, 3
+    params = rnnsim.init_params("gru", H, D, K, E, scale=1.3, seed=4, update_bias=update_bias,
+                                dtype=np.float64)
+    params["weight_ih_l0"][:] = 0
+    params["weight_hh_l0"][:, 2 * H:3 * H] = 0  # W_hn
+    assert np.all(params["bias_hh_l0"] == 0) and np.all(params["bias_ih_l0"][:, H:2 * H] == update_bias)
+    params["bias_out"][:] = np.linspace(-1, 1, K)
+    params = {k: v.astype(dtype) for k, v in params.items()}
+    x = np.zeros((E, B, T_LONG, D), dtype)
+    y = np.ones((E, B), dtype=np.int64)
+    out = rnnsim.gradients("gru", params, x, y)
+    z = 1.0 / (1.0 + math.exp(-update_bias))
+    ratio = out["log_grad_norm"][..., 0] - out["log_grad_norm"][..., T_LONG]
+    np.testing.assert_allclose(ratio, T_LONG * math.log(z), rtol=RTOL[dtype])
+    steps = np.diff(out["log_grad_norm"], axis=-1)
+    np.testing.assert_allclose(steps, -math.log(z), rtol=1e-6 if dtype == np.float64 else 1e-2)
+    # h = 0 and x = 0: the weight gradients are exactly zero; the biases are finite and nonzero
+    assert np.all(out["weight_hh_l0"] == 0) and np.all(out["weight_ih_l0"] == 0)
+    assert np.isfinite(out["bias_ih_l0"]).all() and np.abs(out["bias_ih_l0"]).max() > 0
+    assert np.isfinite(out["log_grad_norm_params"]).all()
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

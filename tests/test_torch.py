@@ -18,20 +18,29 @@ TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
 RTOL = {np.float64: 1e-12, np.float32: 1e-5}
 
 
-def _rnn_step(a, c):
-    return torch.tanh(a), c
+# Steps from the input-side (W_ih x + b_ih) and recurrent-side (W_hh h + b_hh)
+# pre-activations and the state (h, c); they return the new (h, c).
+def _rnn_step(a_in, a_hid, h, c):
+    return torch.tanh(a_in + a_hid), c
 
 
-def _lstm_step(a, c):
-    i, f, g, o = a.chunk(4, dim=1)
+def _lstm_step(a_in, a_hid, h, c):
+    i, f, g, o = (a_in + a_hid).chunk(4, dim=1)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     return torch.sigmoid(o) * torch.tanh(c), c
 
 
+def _gru_step(a_in, a_hid, h, c):
+    in_r, in_z, in_n = a_in.chunk(3, dim=1)
+    hid_r, hid_z, hid_n = a_hid.chunk(3, dim=1)
+    r, z = torch.sigmoid(in_r + hid_r), torch.sigmoid(in_z + hid_z)
+    return (1 - z) * torch.tanh(in_n + r * hid_n) + z * h, c
+
+
 # Each registered cell in torch: its nn module and its step from the pre-activations a
 # (a cell missing here fails its tests with a KeyError naming it: add it).
-TORCH_MODULE = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM}
-TORCH_STEP = {"rnn": _rnn_step, "lstm": _lstm_step}
+TORCH_MODULE = {"rnn": torch.nn.RNN, "lstm": torch.nn.LSTM, "gru": torch.nn.GRU}
+TORCH_STEP = {"rnn": _rnn_step, "lstm": _lstm_step, "gru": _gru_step}
 
 
 def _module(cell, params, e, dtype):
@@ -63,8 +72,9 @@ def _torch_unrolled(cell, params, x, y, loss, e, dtype):
     c = torch.zeros(B, H, dtype=TORCH_DTYPE[dtype], requires_grad=True)
     hs, cs = [h], [c]
     for t in range(T):
-        a = xs[:, t] @ p["weight_ih_l0"].T + p["bias_ih_l0"] + h @ p["weight_hh_l0"].T + p["bias_hh_l0"]
-        h, c = TORCH_STEP[cell](a, c)
+        a_in = xs[:, t] @ p["weight_ih_l0"].T + p["bias_ih_l0"]
+        a_hid = h @ p["weight_hh_l0"].T + p["bias_hh_l0"]
+        h, c = TORCH_STEP[cell](a_in, a_hid, h, c)
         if "c" in cells.get(cell).state:
             c.retain_grad()
             cs.append(c)

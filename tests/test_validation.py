@@ -57,7 +57,7 @@ def test_zero_hidden_size():
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(cell="gru"), "unknown cell 'gru'"),
+    (dict(cell="elman"), "unknown cell 'elman'"),
     (dict(loss="mean"), "unknown loss 'mean'"),
     (dict(device="tpu"), "unknown device 'tpu'"),
 ])

@@ -41,7 +41,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Callable
 
-_MODULES = ("rnn", "lstm")  # registration order = canonical order (sweeps, figures, tests)
+_MODULES = ("rnn", "lstm", "gru")  # registration order = canonical order (sweeps, figures, tests)
 
 
 @dataclass(frozen=True)

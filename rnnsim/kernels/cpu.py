@@ -78,8 +78,7 @@ def _work_items(E, B):
 def _prepared_weights(params):
     """Transposed, contiguous copies so every per-step product reads rows."""
     return (np.ascontiguousarray(params["weight_ih_l0"].transpose(0, 2, 1)),
-            np.ascontiguousarray(params["weight_hh_l0"].transpose(0, 2, 1)),
-            params["bias_ih_l0"] + params["bias_hh_l0"])
+            np.ascontiguousarray(params["weight_hh_l0"].transpose(0, 2, 1)))
 
 
 def gradients(problem, params, inputs, targets):
@@ -88,13 +87,14 @@ def gradients(problem, params, inputs, targets):
     E, B, T, H, D, K = problem.E, problem.B, problem.T, problem.H, problem.D, problem.K
     GH, dt = problem.G * H, problem.dtype
     loss_every = problem.loss == "every"
-    w_ih_t, w_hh_t, bias = _prepared_weights(params)
+    w_ih_t, w_hh_t = _prepared_weights(params)
     tgt = targets if loss_every else targets[:, :, None]
     net, b0, b1 = _work_items(E, B)
     n = len(net)
     part_ih = np.empty((n, GH, D), dt)
     part_hh = np.empty((n, GH, H), dt)
-    part_b = np.empty((n, GH), dt)
+    part_bih = np.empty((n, GH), dt)
+    part_bhh = np.empty((n, GH), dt)
     part_scale = np.empty(n)
     part_out = np.empty((n, K, H), dt)
     part_bout = np.empty((n, K), dt)
@@ -103,13 +103,16 @@ def gradients(problem, params, inputs, targets):
     cutoff = logdomain.log_weight_cutoff(dt)
     with _single_threaded_blas():
         _run_items(spec.kernels("cpu").gradients_item, n, loss_every, inputs, tgt, w_ih_t, w_hh_t,
-                   params["weight_hh_l0"], bias, params["weight_out"], params["bias_out"], net, b0, b1,
-                   cutoff, part_ih, part_hh, part_b, part_scale, part_out, part_bout, part_loss, profiles)
-    mantissas, log_scale = logdomain.merge_scaled(
-        {"weight_ih_l0": part_ih, "weight_hh_l0": part_hh, "bias_ih_l0": part_b}, part_scale, net, E, cutoff)
+                   params["weight_hh_l0"], params["bias_ih_l0"], params["bias_hh_l0"], params["weight_out"],
+                   params["bias_out"], net, b0, b1, cutoff, part_ih, part_hh, part_bih, part_bhh, part_scale,
+                   part_out, part_bout, part_loss, profiles)
+    parts = {"weight_ih_l0": part_ih, "weight_hh_l0": part_hh, "bias_ih_l0": part_bih}
+    if not spec.folded_bias:  # else bias_hh_l0 follows from the bias tie (logdomain.tie_biases)
+        parts["bias_hh_l0"] = part_bhh
+    mantissas, log_scale = logdomain.merge_scaled(parts, part_scale, net, E, cutoff)
     count = B * T if loss_every else B
     raw = {
-        "mantissas": mantissas,  # bias_hh_l0 follows from the bias tie (logdomain.tie_biases)
+        "mantissas": mantissas,
         "log_scale": log_scale,
         "weight_out": _sum_by(net, part_out, E),
         "bias_out": _sum_by(net, part_bout, E),
@@ -129,10 +132,10 @@ def _sum_by(net, parts, E):
 def forward(problem, params, inputs):
     """Every state component for t = 1..T, each (E, B, T, H), in the inputs' dtype."""
     spec = cells.get(problem.cell)
-    w_ih_t, w_hh_t, bias = _prepared_weights(params)
+    w_ih_t, w_hh_t = _prepared_weights(params)
     net, b0, b1 = _work_items(problem.E, problem.B)
     states = np.empty((len(spec.state), problem.E, problem.B, problem.T, problem.H), problem.dtype)
     with _single_threaded_blas():
-        _run_items(spec.kernels("cpu").forward_item, len(net), inputs, w_ih_t, w_hh_t, bias, net, b0, b1,
-                   states)
+        _run_items(spec.kernels("cpu").forward_item, len(net), inputs, w_ih_t, w_hh_t, params["bias_ih_l0"],
+                   params["bias_hh_l0"], net, b0, b1, states)
     return dict(zip(spec.state, states))

@@ -144,23 +144,25 @@ def lstm_backward(gates, cs, tanh_cs, w_hh, local, local_log, mant_h, mant_c, sc
 
 
 @jit
-def gradients_item(item, loss_every, inputs, targets, w_ih_t, w_hh_t, w_hh, bias, w_out, b_out,
-                   item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_b, part_scale,
-                   part_out, part_bout, part_loss, profiles):
+def gradients_item(item, loss_every, inputs, targets, w_ih_t, w_hh_t, w_hh, b_ih, b_hh, w_out, b_out,
+                   item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_bih, part_bhh,
+                   part_scale, part_out, part_bout, part_loss, profiles):
     """Forward, readout and log-domain BPTT of one work item; writes only its own slots
-    (``part_*[item]`` and ``profiles[:, e, b0:b1]``: ln‖dL/dh_t‖, ln‖dL/dc_t‖)."""
+    (``part_*[item]`` except ``part_bhh``, which the bias tie supplies, and
+    ``profiles[:, e, b0:b1]``: ln‖dL/dh_t‖, ln‖dL/dc_t‖)."""
     B, T, D = inputs.shape[1], inputs.shape[2], inputs.shape[3]
     H, GH = w_hh.shape[2], w_hh.shape[1]
     e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
     nb = b1 - b0
     x = gather_inputs(inputs, e, b0, nb)
+    bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
     hs = np.empty((T + 1, nb, H), inputs.dtype)
     cs = np.empty((T + 1, nb, H), inputs.dtype)
     tanh_cs = np.empty((T, nb, H), inputs.dtype)
     # one (step, sequence) row per gate unit: the activated gates, which the backward
     # overwrites in place with dL/da_t once a step's gates are spent
     gate_rows = np.empty((T, nb, GH), inputs.dtype)
-    lstm_forward(x, w_ih_t[e], w_hh_t[e], bias[e], gate_rows, hs, cs, tanh_cs)
+    lstm_forward(x, w_ih_t[e], w_hh_t[e], bias, gate_rows, hs, cs, tanh_cs)
     inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
         loss_every, targets, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item])
@@ -170,19 +172,20 @@ def gradients_item(item, loss_every, inputs, targets, w_ih_t, w_hh_t, w_hh, bias
                   da_scale, profiles[0, e, b0:b1], profiles[1, e, b0:b1])
     part_scale[item] = weight_gradients(
         gate_rows.reshape(T * nb, GH), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
-        x.reshape(T * nb, D), log_cutoff, part_ih[item], part_hh[item], part_b[item])
+        x.reshape(T * nb, D), log_cutoff, part_ih[item], part_hh[item], part_bih[item])
 
 
 @jit
-def forward_item(item, inputs, w_ih_t, w_hh_t, bias, item_net, item_b0, item_b1, states):
+def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1, states):
     """Forward pass of one work item into its own slots of ``states`` = (h, c), each (E, B, T, H)."""
     T = inputs.shape[2]
     H, GH = w_hh_t.shape[1], w_hh_t.shape[2]
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
     x = gather_inputs(inputs, e, b0, nb)
+    bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
     hs = np.empty((T + 1, nb, H), inputs.dtype)
     cs = np.empty((T + 1, nb, H), inputs.dtype)
-    lstm_forward(x, w_ih_t[e], w_hh_t[e], bias[e], np.empty((T, nb, GH), inputs.dtype), hs, cs,
+    lstm_forward(x, w_ih_t[e], w_hh_t[e], bias, np.empty((T, nb, GH), inputs.dtype), hs, cs,
                  np.empty((T, nb, H), inputs.dtype))
     for b in range(nb):
         for t in range(T):

@@ -90,21 +90,23 @@ def rnn_backward(hs, w_hh, local, local_log, mant_h, scale, da, da_scale, log_h)
 
 
 @jit
-def gradients_item(item, loss_every, inputs, targets, w_ih_t, w_hh_t, w_hh, bias, w_out, b_out,
-                   item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_b, part_scale,
-                   part_out, part_bout, part_loss, profiles):
+def gradients_item(item, loss_every, inputs, targets, w_ih_t, w_hh_t, w_hh, b_ih, b_hh, w_out, b_out,
+                   item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_bih, part_bhh,
+                   part_scale, part_out, part_bout, part_loss, profiles):
     """Forward, readout and log-domain BPTT of one work item; writes only its own slots
-    (``part_*[item]`` and ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile)."""
+    (``part_*[item]`` except ``part_bhh``, which the bias tie supplies, and
+    ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile)."""
     B, T, D = inputs.shape[1], inputs.shape[2], inputs.shape[3]
     H = w_hh.shape[2]
     e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
     nb = b1 - b0
     x = gather_inputs(inputs, e, b0, nb)
+    bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
     hs = np.empty((T + 1, nb, H), inputs.dtype)
     # one (step, sequence) row per gate unit: the forward's input projections, which
     # the backward overwrites in place with dL/da_t (the projections are spent by then)
     gate_rows = np.empty((T, nb, H), inputs.dtype)
-    rnn_forward(x, w_ih_t[e], w_hh_t[e], bias[e], gate_rows, hs)
+    rnn_forward(x, w_ih_t[e], w_hh_t[e], bias, gate_rows, hs)
     inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
         loss_every, targets, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item])
@@ -112,18 +114,19 @@ def gradients_item(item, loss_every, inputs, targets, w_ih_t, w_hh_t, w_hh, bias
     rnn_backward(hs, w_hh[e], local, local_log, mant_h, scale, gate_rows, da_scale, profiles[0, e, b0:b1])
     part_scale[item] = weight_gradients(
         gate_rows.reshape(T * nb, H), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
-        x.reshape(T * nb, D), log_cutoff, part_ih[item], part_hh[item], part_b[item])
+        x.reshape(T * nb, D), log_cutoff, part_ih[item], part_hh[item], part_bih[item])
 
 
 @jit
-def forward_item(item, inputs, w_ih_t, w_hh_t, bias, item_net, item_b0, item_b1, states):
+def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1, states):
     """Forward pass of one work item into its own slots of ``states[0]`` = h (E, B, T, H)."""
     T = inputs.shape[2]
     H = w_hh_t.shape[1]
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
     x = gather_inputs(inputs, e, b0, nb)
+    bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
     hs = np.empty((T + 1, nb, H), inputs.dtype)
-    rnn_forward(x, w_ih_t[e], w_hh_t[e], bias[e], np.empty((T, nb, H), inputs.dtype), hs)
+    rnn_forward(x, w_ih_t[e], w_hh_t[e], bias, np.empty((T, nb, H), inputs.dtype), hs)
     for b in range(nb):
         for t in range(T):
             states[0, e, b0 + b, t] = hs[t + 1, b]

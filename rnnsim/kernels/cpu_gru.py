@@ -1,0 +1,182 @@
+r"""GRU: @njit forward and log-domain backward for one work item.
+
+The math is stated in :mod:`rnnsim.cells.gru`. Gate order (r, z, n) as in
+torch.nn.GRU; buffers are time-major ``(T, nb, ...)`` and the entry points
+:func:`gradients_item` and :func:`forward_item` have the signatures of
+:mod:`rnnsim.kernels.cpu_rnn`'s. Unlike the rnn and lstm, the biases do not fold
+into one sum (b_hn sits inside r ⊙ (W_hn h + b_hn)), so the item also writes its own
+``bias_hh_l0`` gradient.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ._vmath import sigmoid, tanh
+from .cpu_common import gather_inputs, jit, loss_adjoints, renormalise, typed, weight_gradients
+
+
+@jit
+def gru_forward(x, w_ih_t, w_hh_t, b_ih, b_hh, gates, u_rows, hs):
+    r"""Forward recurrence.
+
+    Parameters
+    ----------
+    x : (T, nb, D) inputs
+    w_ih_t, w_hh_t : (D, 3H), (H, 3H) transposed weights
+    b_ih, b_hh : (3H,) the two biases (they do not fold)
+    gates : (T, nb, 3H) out: r, z, n of every step
+    u_rows : (T, nb, H) out: u = W_hn h_{t-1} + b_hn of every step
+    hs : (T+1, nb, H) out: h_t, with h_0 = 0
+
+    Notes
+    -----
+    :math:`r, z = \sigma(\cdot)`, :math:`n = \tanh(W_{in} x + b_{in} + r \odot u)`,
+    :math:`h_t = (1 - z) \odot n + z \odot h_{t-1}`.
+    Keeps for the backward: ``gates``, ``u_rows`` and ``hs``.
+    """
+    T, nb, D = x.shape
+    H = hs.shape[2]
+    GH = 3 * H
+    one = typed(x, 1.0)
+    np.dot(x.reshape(T * nb, D), w_ih_t, gates.reshape(T * nb, GH))  # input projections, all steps
+    hs[0] = 0
+    hid = np.empty((nb, GH), x.dtype)
+    for t in range(T):
+        np.dot(hs[t], w_hh_t, hid)
+        for b in range(nb):
+            # one array written per loop, so that each loop vectorises (see cpu_lstm)
+            row = gates[t, b]
+            p = hid[b]
+            for j in range(2 * H):
+                row[j] = sigmoid(row[j] + b_ih[j] + p[j] + b_hh[j])  # r, z
+            u = u_rows[t, b]
+            for j in range(H):
+                u[j] = p[2 * H + j] + b_hh[2 * H + j]
+            for j in range(H):
+                row[2 * H + j] = tanh(row[2 * H + j] + b_ih[2 * H + j] + row[j] * u[j])  # n
+            h_prev = hs[t, b]
+            h_new = hs[t + 1, b]
+            for j in range(H):
+                h_new[j] = (one - row[H + j]) * row[2 * H + j] + row[H + j] * h_prev[j]
+
+
+@jit
+def gru_backward(gates, u_rows, hs, w_hh, local, local_log, mant_h, scale, da_scale, log_h):
+    r"""Log-domain BPTT through the recurrence.
+
+    Parameters
+    ----------
+    gates : (T, nb, 3H) from :func:`gru_forward`; **overwritten** step by step with the
+        input-side rows (δa^r, δa^z, δa^n) once that step's gates are spent
+    u_rows : (T, nb, H) from :func:`gru_forward`; **overwritten** with δu = δa^n ⊙ r,
+        the n block of the recurrent-side rows
+    hs : (T+1, nb, H)
+    w_hh : (3H, H)
+    local, local_log : per-step loss adjoints as in :func:`rnnsim.kernels.cpu_rnn.rnn_backward`
+    mant_h : (nb, H) in: unit mantissa of dL/dh_T at scale ``scale``; clobbered
+    scale : (nb,) float64 in/out
+    da_scale : (T, nb) out: log-scales of the rows
+    log_h : (nb, T+1) out: ln ||dL/dh_t||
+
+    Notes
+    -----
+    :math:`\delta a^n = \delta h (1-z)(1-n^2)`, :math:`\delta a^z = \delta h (h_{t-1}-n) z(1-z)`,
+    :math:`\delta a^r = \delta a^n u\, r(1-r)`, :math:`\delta u = \delta a^n r`;
+    :math:`\delta h_{t-1} = W_{hh}^\top(\delta a^r, \delta a^z, \delta u) + z \odot \delta h`,
+    then the loss term of step t-1, renormalised in log form (identity 1 of
+    :mod:`rnnsim.logdomain`).
+    """
+    T = gates.shape[0]
+    nb, H = mant_h.shape
+    one = typed(gates, 1.0)
+    use_local = local.shape[0] > 0
+    rows_in = np.empty((nb, 3 * H), gates.dtype)
+    rows_hid = np.empty((nb, 3 * H), gates.dtype)
+    direct = np.empty((nb, H), gates.dtype)
+    no_c = np.empty((nb, 0), gates.dtype)
+    for t in range(T, 0, -1):
+        for b in range(nb):
+            row = gates[t - 1, b]
+            u = u_rows[t - 1, b]
+            h_prev = hs[t - 1, b]
+            dh = mant_h[b]
+            d_in = rows_in[b]
+            d_hid = rows_hid[b]
+            log_h[b, t] = scale[b]  # mant_h has unit norm (or is zero with scale -inf)
+            da_scale[t - 1, b] = scale[b]
+            for j in range(H):
+                d_in[2 * H + j] = dh[j] * (one - row[H + j]) * (one - row[2 * H + j] * row[2 * H + j])
+            for j in range(H):
+                d_in[H + j] = dh[j] * (h_prev[j] - row[2 * H + j]) * row[H + j] * (one - row[H + j])
+            for j in range(H):
+                d_in[j] = d_in[2 * H + j] * u[j] * row[j] * (one - row[j])
+            for j in range(2 * H):
+                d_hid[j] = d_in[j]
+            for j in range(H):
+                d_hid[2 * H + j] = d_in[2 * H + j] * row[j]
+            for j in range(H):
+                direct[b, j] = row[H + j] * dh[j]
+        gates[t - 1] = rows_in  # the gates of step t are spent; keep the input-side rows
+        u_rows[t - 1] = rows_hid[:, 2 * H:]
+        np.dot(rows_hid, w_hh, mant_h)
+        for b in range(nb):
+            for j in range(H):
+                mant_h[b, j] += direct[b, j]
+        if use_local:
+            renormalise(scale, mant_h, no_c, local[t - 1], local_log[t - 1])
+        else:
+            renormalise(scale, mant_h, no_c, local[:0, 0], local_log[:0, 0])
+    for b in range(nb):
+        log_h[b, 0] = scale[b]
+
+
+@jit
+def gradients_item(item, loss_every, inputs, targets, w_ih_t, w_hh_t, w_hh, b_ih, b_hh, w_out, b_out,
+                   item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_bih, part_bhh,
+                   part_scale, part_out, part_bout, part_loss, profiles):
+    """Forward, readout and log-domain BPTT of one work item; writes only its own slots
+    (``part_*[item]`` and ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile)."""
+    B, T, D = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+    H, GH = w_hh.shape[2], w_hh.shape[1]
+    e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
+    nb = b1 - b0
+    x = gather_inputs(inputs, e, b0, nb)
+    hs = np.empty((T + 1, nb, H), inputs.dtype)
+    # one (step, sequence) row per gate unit: r, z, n, which the backward overwrites in
+    # place with the input-side adjoint rows; u_rows likewise becomes δu
+    gate_rows = np.empty((T, nb, GH), inputs.dtype)
+    u_rows = np.empty((T, nb, H), inputs.dtype)
+    gru_forward(x, w_ih_t[e], w_hh_t[e], b_ih[e], b_hh[e], gate_rows, u_rows, hs)
+    inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
+    part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
+        loss_every, targets, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item])
+    da_scale = np.empty((T, nb))
+    gru_backward(gate_rows, u_rows, hs, w_hh[e], local, local_log, mant_h, scale, da_scale,
+                 profiles[0, e, b0:b1])
+    # Input side and the r, z blocks of the recurrent side share their rows: one product.
+    rows = T * nb
+    h_rows = hs[:T].reshape(rows, H)
+    x_rows = x.reshape(rows, D)
+    s_star = weight_gradients(gate_rows.reshape(rows, GH), da_scale.reshape(rows), h_rows, x_rows,
+                              log_cutoff, part_ih[item], part_hh[item], part_bih[item])
+    # The n block of the recurrent side takes δu instead of δa^n.
+    unused_ih = np.empty((H, D), inputs.dtype)
+    weight_gradients(u_rows.reshape(rows, H), da_scale.reshape(rows), h_rows, x_rows, log_cutoff,
+                     unused_ih, part_hh[item, 2 * H:], part_bhh[item, 2 * H:])
+    part_bhh[item, :2 * H] = part_bih[item, :2 * H]
+    part_scale[item] = s_star
+
+
+@jit
+def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1, states):
+    """Forward pass of one work item into its own slots of ``states[0]`` = h (E, B, T, H)."""
+    T = inputs.shape[2]
+    H, GH = w_hh_t.shape[1], w_hh_t.shape[2]
+    e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
+    x = gather_inputs(inputs, e, b0, nb)
+    hs = np.empty((T + 1, nb, H), inputs.dtype)
+    gru_forward(x, w_ih_t[e], w_hh_t[e], b_ih[e], b_hh[e], np.empty((T, nb, GH), inputs.dtype),
+                np.empty((T, nb, H), inputs.dtype), hs)
+    for b in range(nb):
+        for t in range(T):
+            states[0, e, b0 + b, t] = hs[t + 1, b]
