@@ -4,6 +4,7 @@ Public API
 ----------
 gradients(cell, params, inputs, targets, *, loss="last", device="cpu")
 forward(cell, params, inputs, *, device="cpu")
+lyapunov(cell, params, inputs, *, k=1, qr_every=1, warmup=100, device="cpu")
 init_params(cell, hidden_size, input_size, num_classes, ensemble=1, ...)
 cells                the cell registry: cells.names(), cells.get(name)
 reference            the NumPy float64 time loop over the cells' steps
@@ -14,10 +15,10 @@ import importlib
 __version__ = "0.1.0"
 
 from . import cells, reference  # noqa: E402
-from .engine import forward, gradients  # noqa: E402
+from .engine import forward, gradients, lyapunov  # noqa: E402
 from .init import init_params  # noqa: E402
 
-__all__ = ["gradients", "forward", "init_params", "cells", "reference", "theory", "sweep", "plot",
+__all__ = ["gradients", "forward", "lyapunov", "init_params", "cells", "reference", "theory", "sweep", "plot",
            "__version__"]
 
 _LAZY = ("theory", "sweep", "plot")  # SciPy/matplotlib imports the core does not need

@@ -172,3 +172,26 @@ def check_problem(cell, params, inputs, targets, loss="last", *, need_targets=Tr
 
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     return problem, arrays, np.ascontiguousarray(inputs), tgt
+
+
+def _count(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must lie in [{lo}, {hi}], got {value}")
+    return int(value)
+
+
+def check_lyapunov(problem, k, qr_every, warmup):
+    """Validate the options of :func:`rnnsim.lyapunov` against the problem's sizes.
+
+    k lies in [1, state dimension] (H, or 2H for the lstm's (h, c)); at least one QR
+    block must start after the warm-up, so ``warmup + qr_every <= T``.
+    """
+    n = len(cells.get(problem.cell).state) * problem.H
+    k = _count("k", k, 1, n)
+    qr_every = _count("qr_every", qr_every, 1, problem.T)
+    warmup = _count("warmup", warmup, 0, problem.T - qr_every)
+    nbytes = 8 * problem.E * problem.B * (4 * k * n + problem.T) + 8 * n * n
+    _memory.require(nbytes, f"lyapunov() with k={k} for E={problem.E}, B={problem.B}, state dimension {n}")
+    return k, qr_every, warmup

@@ -1,7 +1,7 @@
 """The public engine: validated entry points that dispatch to the kernels."""
 from __future__ import annotations
 
-from ._validate import DEVICES, check_choice, check_problem
+from ._validate import DEVICES, check_choice, check_lyapunov, check_problem
 from .logdomain import assemble
 
 
@@ -90,3 +90,49 @@ def forward(cell, params, inputs, *, device="cpu"):
     """
     problem, params, inputs, _ = check_problem(cell, params, inputs, None, need_targets=False)
     return _backend(resolve_device(device)).forward(problem, params, inputs)
+
+
+def lyapunov(cell, params, inputs, *, k=1, qr_every=1, warmup=100, device="cpu"):
+    r"""Top-k Lyapunov exponents of the input-driven forward dynamics of every network.
+
+    Parameters
+    ----------
+    cell, params, inputs : as in :func:`gradients` (no targets: no loss is involved)
+    k : int
+        Number of exponents, 1 to the state dimension (H; 2H for the lstm's (h, c)).
+    qr_every : int
+        Steps between QR reorthonormalisations of the k tangent vectors.
+    warmup : int
+        Steps discarded before averaging (the trajectory starts at the zero state, and
+        the tangent vectors need some steps to align with the top directions);
+        ``warmup + qr_every <= T``.
+    device : {"cpu", "cuda", "auto"}
+        The spectra run on the CPU; ``"cuda"`` is refused, ``"auto"`` runs on the CPU.
+
+    Returns
+    -------
+    dict
+        - ``exponents`` (E, k) float64, nats per step, the mean over sequences,
+          in decreasing order;
+        - ``exponents_per_sequence`` (E, B, k);
+        - ``log_growth`` (E, B, T): running sum of :math:`\sum_i \ln|R_{ii}|`, the log
+          growth of the k-volume after the warm-up (for convergence plots);
+        - ``steps``: the number of steps the exponents average over.
+
+    Notes
+    -----
+    The standard QR method (Benettin et al. 1980): :math:`V_t = J_t Q_{t-1}`,
+    :math:`V_t = Q_t R_t`, :math:`\lambda_i = \frac{1}{n}\sum_t \ln|R_{t,ii}|`, with
+    :math:`J_t` the Jacobian of the cell's step on its full state (the lstm's is
+    2H x 2H, so its spectrum includes the c-directions). The typical growth rate of
+    :math:`\|\partial L/\partial h_{t-k}\|` in k is :math:`\lambda_{max}`.
+    """
+    problem, params, inputs, _ = check_problem(cell, params, inputs, None, need_targets=False)
+    k, qr_every, warmup = check_lyapunov(problem, k, qr_every, warmup)
+    device = check_choice("device", device, DEVICES)
+    if device == "cuda":
+        raise ValueError("lyapunov runs on the CPU only; use device='cpu' or 'auto'")
+    from .kernels import cpu
+
+    raw = cpu.lyapunov(problem, params, inputs, k, qr_every, warmup)
+    return {"exponents": raw["exponents_per_sequence"].mean(axis=1), **raw}

@@ -115,3 +115,52 @@ def raw_gradients(problem, params, inputs, targets):
     for name, key in spec.profile_keys().items():
         raw[key] = profiles[name]
     return raw
+
+
+def lyapunov_raw(problem, params, inputs, k, qr_every, warmup, seed=0):
+    r"""Top-k Lyapunov exponents of the input-driven forward dynamics, by QR reorthonormalisation.
+
+    Takes validated arguments; returns ``exponents_per_sequence`` (E, B, k) in nats
+    per step and ``log_growth`` (E, B, T): the running sum over steps of
+    :math:`\sum_i \ln|R_{ii}|`, the log growth of the k-dimensional volume spanned by
+    the tangent vectors (it changes at each reorthonormalisation after the warm-up),
+    and ``steps``, the number of steps the exponents average over: those of the QR
+    blocks that start at or after ``warmup``.
+
+    Notes
+    -----
+    The state is every component of the cell (h; for the lstm (h, c), dimension 2H).
+    k orthonormal tangent vectors (a fixed random draw from ``seed``) follow the
+    Jacobian-vector products of the cell's ``tangent_step`` along the trajectory;
+    every ``qr_every`` steps :math:`V = QR` and Q replaces V. After ``warmup`` steps
+    the :math:`\ln|R_{ii}|` are summed and divided by the number of steps summed over.
+    """
+    spec = cells.get(problem.cell)
+    E, B, T, H = problem.E, problem.B, problem.T, problem.H
+    names = spec.state
+    n = len(names) * H
+    p = {key: v.astype(np.float64) for key, v in params.items()}
+    x = inputs.astype(np.float64)
+    q0 = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, k)))[0]
+    tangent = np.broadcast_to(q0.T, (E, B, k, n)).copy()           # (E, B, k, n): k rows of length n
+    state = {name: np.zeros((E, B, H)) for name in names}
+    growth = np.zeros((E, B, k))
+    log_growth = np.zeros((E, B, T))
+    running = np.zeros((E, B))
+    block_start, counted = 0, 0
+    for t in range(T):
+        state, cache = spec.forward_step(p, x[:, :, t], state)
+        split = {name: tangent[..., i * H:(i + 1) * H] for i, name in enumerate(names)}
+        tangent = np.concatenate([spec.tangent_step(p, cache, split)[name] for name in names], axis=-1)
+        if (t + 1 - block_start) == qr_every or t == T - 1:
+            q, r = np.linalg.qr(np.swapaxes(tangent, -1, -2))       # (E, B, n, k), (E, B, k, k)
+            with np.errstate(divide="ignore"):
+                log_r = np.log(np.abs(np.diagonal(r, axis1=-2, axis2=-1)))
+            tangent = np.swapaxes(q, -1, -2)
+            if block_start >= warmup:  # only blocks that start after the warm-up count
+                growth += log_r
+                running = running + log_r.sum(axis=-1)
+                counted += t + 1 - block_start
+            block_start = t + 1
+        log_growth[:, :, t] = running
+    return {"exponents_per_sequence": growth / counted, "log_growth": log_growth, "steps": counted}

@@ -72,3 +72,23 @@ def test_backward_step_is_the_vjp_of_forward_step(name):
     rhs = sum(np.sum(previous[s] * direction[s]) for s in cell.state)
     assert lhs == pytest.approx(rhs, rel=1e-7)
     assert set(totals) == set(cell.state)
+
+
+@pytest.mark.parametrize("name", cells.names())
+def test_tangent_step_is_the_transpose_of_backward_step(name):
+    """<adjoint, J v> = <Jᵀ adjoint, v> exactly: tangent_step (JVP) against backward_step (VJP)."""
+    from rnnsim import init_params
+    cell = cells.get(name)
+    rng = np.random.default_rng(5)
+    E, B, D, H, k = 2, 3, 2, 4, 3
+    p = init_params(name, H, D, 2, E, scale=1.4, bias_scale=0.5, seed=2)
+    state = {s: 0.5 * rng.standard_normal((E, B, H)) for s in cell.state}
+    _, cache = cell.forward_step(p, rng.standard_normal((E, B, D)), state)
+    tangent = {s: rng.standard_normal((E, B, k, H)) for s in cell.state}
+    image = cell.tangent_step(p, cache, tangent)
+    for j in range(k):
+        adjoint = {s: rng.standard_normal((E, B, H)) for s in cell.state}
+        _, previous, _ = cell.backward_step(p, cache, adjoint)
+        lhs = sum(np.sum(adjoint[s] * image[s][:, :, j]) for s in cell.state)
+        rhs = sum(np.sum(previous[s] * tangent[s][:, :, j]) for s in cell.state)
+        assert lhs == pytest.approx(rhs, rel=1e-12)

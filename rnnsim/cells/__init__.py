@@ -34,6 +34,11 @@ The step contract (all arrays float64, batched over networks E and sequences B)
     - ``totals``: the vectors whose norms are the profiles of step t
       (``log_grad_norm`` from ``totals["h"]``, ``log_grad_norm_<name>`` from the
       others; for the lstm the *total* dL/dc_t).
+``tangent_step(params, cache, tangent) -> new_tangent``
+    The Jacobian-vector product of the step on the full state (every component),
+    for k tangent vectors at once: ``tangent`` maps each state name to (E, B, k, H).
+    Its transpose is ``backward_step``'s ``previous`` map (tested); it drives the
+    Lyapunov spectra of :func:`rnnsim.lyapunov`.
 """
 from __future__ import annotations
 
@@ -55,6 +60,7 @@ class Cell:
     folded_bias: bool      # b_ih and b_hh enter only as their sum, so their gradients are equal
     forward_step: Callable = field(repr=False)
     backward_step: Callable = field(repr=False)
+    tangent_step: Callable = field(repr=False)  # forward-mode JVP on the full state (Lyapunov spectra)
     cpu_kernels: str = ""  # module under rnnsim.kernels: forward above backward, @njit
     gpu_kernels: str = ""  # module under rnnsim.kernels: the numba.cuda twin
     gate_bias: tuple = ()  # (init_params keyword, gate): a constant added to that gate's bias rows

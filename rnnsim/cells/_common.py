@@ -19,6 +19,11 @@ def back_affine(W, d):
     return np.einsum("ebr,erc->ebc", d, W)
 
 
+def tangent_affine(W, v):
+    """Batched W v over k tangent vectors: W (E, R, C), v (E, B, k, C) -> (E, B, k, R)."""
+    return np.einsum("ebkc,erc->ebkr", v, W)
+
+
 def split_gates(a, G):
     """The G gate blocks of the last axis of ``a``."""
     H = a.shape[-1] // G

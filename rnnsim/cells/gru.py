@@ -34,7 +34,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import Cell
-from ._common import affine, back_affine, sigmoid, split_gates
+from ._common import affine, back_affine, sigmoid, split_gates, tangent_affine
 
 
 def forward_step(p, x_t, state):
@@ -67,7 +67,22 @@ def backward_step(p, cache, adjoint):
     return {"ih": rows_ih, "hh": rows_hh}, previous, {"h": dh}
 
 
+def tangent_step(p, cache, tangent):
+    """Forward-mode derivative of one step: with (δr', δz', δu) = W_hh δh_{t−1} by block,
+    δr = σ'(a_r) δr', δz = σ'(a_z) δz', δn = (1 − n²)(δr u + r δu),
+    δh_t = (1 − z) δn + z δh_{t−1} + (h_{t−1} − n) δz.
+
+    ``tangent`` maps "h" to (E, B, k, H): k tangent vectors per sequence.
+    """
+    r, z, n, u, h_prev = (cache[k][:, :, None, :] for k in ("r", "z", "n", "u", "h_prev"))
+    d_r, d_z, d_u = split_gates(tangent_affine(p["weight_hh_l0"], tangent["h"]), 3)
+    d_r = d_r * r * (1.0 - r)
+    d_z = d_z * z * (1.0 - z)
+    d_n = (1.0 - n ** 2) * (d_r * u + r * d_u)
+    return {"h": (1.0 - z) * d_n + z * tangent["h"] + (h_prev - n) * d_z}
+
+
 CELL = Cell(name="gru", gates=("r", "z", "n"), state=("h",), cost=2.5, folded_bias=False,
-            forward_step=forward_step, backward_step=backward_step,
+            forward_step=forward_step, backward_step=backward_step, tangent_step=tangent_step,
             cpu_kernels="cpu_gru", gpu_kernels="gpu_gru", gate_bias=(("update_bias", "z"),),
             theory="rnnsim.theory")

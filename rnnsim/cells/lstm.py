@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import Cell
-from ._common import affine, back_affine, sigmoid, split_gates
+from ._common import affine, back_affine, sigmoid, split_gates, tangent_affine
 
 
 def forward_step(p, x_t, state):
@@ -59,6 +59,20 @@ def backward_step(p, cache, adjoint):
     return {"ih": da, "hh": da}, previous, {"h": dh, "c": dc}
 
 
+def tangent_step(p, cache, tangent):
+    """Forward-mode derivative of one step on the full state (h, c): the lstm's
+    Jacobian is 2H x 2H, and the c-directions carry the cell path.
+
+    ``tangent`` maps "h" and "c" to (E, B, k, H): k tangent vectors per sequence.
+    """
+    i, f, g, o, tanh_c = (cache[k][:, :, None, :] for k in ("i", "f", "g", "o", "tanh_c"))
+    d_i, d_f, d_g, d_o = split_gates(tangent_affine(p["weight_hh_l0"], tangent["h"]), 4)
+    dc = (d_f * f * (1.0 - f) * cache["c_prev"][:, :, None, :] + f * tangent["c"]
+          + d_i * i * (1.0 - i) * g + i * (1.0 - g ** 2) * d_g)
+    dh = d_o * o * (1.0 - o) * tanh_c + o * (1.0 - tanh_c ** 2) * dc
+    return {"h": dh, "c": dc}
+
+
 CELL = Cell(name="lstm", gates=("i", "f", "g", "o"), state=("h", "c"), cost=3.0, folded_bias=True,
-            forward_step=forward_step, backward_step=backward_step,
+            forward_step=forward_step, backward_step=backward_step, tangent_step=tangent_step,
             cpu_kernels="cpu_lstm", gpu_kernels="gpu_lstm", gate_bias=(("forget_bias", "f"),), theory="")

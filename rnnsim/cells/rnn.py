@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import Cell
-from ._common import affine, back_affine
+from ._common import affine, back_affine, tangent_affine
 
 
 def forward_step(p, x_t, state):
@@ -41,6 +41,14 @@ def backward_step(p, cache, adjoint):
     return {"ih": da, "hh": da}, {"h": back_affine(p["weight_hh_l0"], da)}, {"h": dh}
 
 
+def tangent_step(p, cache, tangent):
+    """Forward-mode derivative (Jacobian-vector product) of one step: δh_t = (1 − h_t²) ⊙ W_hh δh_{t−1}.
+
+    ``tangent`` maps each state name to (E, B, k, H): k tangent vectors per sequence.
+    """
+    return {"h": (1.0 - cache["h"][:, :, None, :] ** 2) * tangent_affine(p["weight_hh_l0"], tangent["h"])}
+
+
 CELL = Cell(name="rnn", gates=("h",), state=("h",), cost=1.0, folded_bias=True,
-            forward_step=forward_step, backward_step=backward_step,
+            forward_step=forward_step, backward_step=backward_step, tangent_step=tangent_step,
             cpu_kernels="cpu_rnn", gpu_kernels="gpu_rnn", theory="rnnsim.theory")

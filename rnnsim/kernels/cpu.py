@@ -139,3 +139,10 @@ def forward(problem, params, inputs):
         _run_items(spec.kernels("cpu").forward_item, len(net), inputs, w_ih_t, w_hh_t, params["bias_ih_l0"],
                    params["bias_hh_l0"], net, b0, b1, states)
     return dict(zip(spec.state, states))
+
+
+def lyapunov(problem, params, inputs, k, qr_every, warmup):
+    """Lyapunov spectra (the contract of :func:`rnnsim.reference.lyapunov_raw`), on the CPU."""
+    from ..reference import lyapunov_raw
+
+    return lyapunov_raw(problem, params, inputs, k, qr_every, warmup)
