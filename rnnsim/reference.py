@@ -117,6 +117,19 @@ def raw_gradients(problem, params, inputs, targets):
     return raw
 
 
+def initial_tangents(n, k, seed=0):
+    """The k orthonormal tangent vectors every backend starts from: rows of a (k, n) array,
+    a fixed random draw (from ``seed``) so that no structure of the map is favoured."""
+    return np.ascontiguousarray(np.linalg.qr(np.random.default_rng(seed).standard_normal((n, k)))[0].T)
+
+
+def lyapunov_steps(T, qr_every, warmup):
+    """The steps the exponents average over: those of the QR blocks (every ``qr_every``
+    steps, and a last short one at T) that start at or after ``warmup``."""
+    starts = range(0, T, qr_every)
+    return sum(min(start + qr_every, T) - start for start in starts if start >= warmup)
+
+
 def lyapunov_raw(problem, params, inputs, k, qr_every, warmup, seed=0):
     r"""Top-k Lyapunov exponents of the input-driven forward dynamics, by QR reorthonormalisation.
 
@@ -141,13 +154,12 @@ def lyapunov_raw(problem, params, inputs, k, qr_every, warmup, seed=0):
     n = len(names) * H
     p = {key: v.astype(np.float64) for key, v in params.items()}
     x = inputs.astype(np.float64)
-    q0 = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, k)))[0]
-    tangent = np.broadcast_to(q0.T, (E, B, k, n)).copy()           # (E, B, k, n): k rows of length n
+    tangent = np.broadcast_to(initial_tangents(n, k, seed), (E, B, k, n)).copy()  # k rows of length n
     state = {name: np.zeros((E, B, H)) for name in names}
     growth = np.zeros((E, B, k))
     log_growth = np.zeros((E, B, T))
     running = np.zeros((E, B))
-    block_start, counted = 0, 0
+    block_start = 0
     for t in range(T):
         state, cache = spec.forward_step(p, x[:, :, t], state)
         split = {name: tangent[..., i * H:(i + 1) * H] for i, name in enumerate(names)}
@@ -160,7 +172,7 @@ def lyapunov_raw(problem, params, inputs, k, qr_every, warmup, seed=0):
             if block_start >= warmup:  # only blocks that start after the warm-up count
                 growth += log_r
                 running = running + log_r.sum(axis=-1)
-                counted += t + 1 - block_start
             block_start = t + 1
         log_growth[:, :, t] = running
+    counted = lyapunov_steps(T, qr_every, warmup)
     return {"exponents_per_sequence": growth / counted, "log_growth": log_growth, "steps": counted}

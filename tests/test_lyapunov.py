@@ -139,3 +139,22 @@ def test_bad_options(kw, exc, words):
     params = rnnsim.init_params("lstm", 4, 2, 2, 1)
     with pytest.raises(exc, match=words):
         rnnsim.lyapunov("lstm", params, np.zeros((1, 1, 30, 2)), **{"warmup": 5, **kw})
+
+
+@pytest.mark.parametrize("cell", cells.names())
+@pytest.mark.parametrize("k, qr_every, warmup", [(1, 1, 0), (3, 1, 7), (4, 3, 5)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_cpu_kernels_match_the_reference(cell, k, qr_every, warmup, dtype):
+    """Below the critical scale (no chaos to amplify rounding), to 1e-10."""
+    from rnnsim._validate import check_problem
+    from rnnsim.reference import lyapunov_raw
+
+    params = rnnsim.init_params(cell, 4, 3, 2, 2, scale=0.9, bias_scale=0.3, seed=1, dtype=dtype)
+    x = np.random.default_rng(2).standard_normal((2, 3, 25, 3)).astype(dtype)
+    got = rnnsim.lyapunov(cell, params, x, k=k, qr_every=qr_every, warmup=warmup)
+    problem, p, xs, _ = check_problem(cell, params, x, None, need_targets=False)
+    want = lyapunov_raw(problem, p, xs, k, qr_every, warmup)
+    assert got["steps"] == want["steps"]
+    np.testing.assert_allclose(got["exponents_per_sequence"], want["exponents_per_sequence"], rtol=1e-10)
+    np.testing.assert_allclose(got["log_growth"], want["log_growth"], rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(got["exponents"], want["exponents_per_sequence"].mean(axis=1), rtol=1e-10)

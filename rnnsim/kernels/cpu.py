@@ -141,8 +141,23 @@ def forward(problem, params, inputs):
     return dict(zip(spec.state, states))
 
 
-def lyapunov(problem, params, inputs, k, qr_every, warmup):
-    """Lyapunov spectra (the contract of :func:`rnnsim.reference.lyapunov_raw`), on the CPU."""
-    from ..reference import lyapunov_raw
+def lyapunov(problem, params, inputs, k, qr_every, warmup, seed=0):
+    """Lyapunov spectra (the contract of :func:`rnnsim.reference.lyapunov_raw`), on the CPU,
+    in float64 whatever the inputs' dtype; one work item per (network, sequence)."""
+    from ..reference import initial_tangents, lyapunov_steps
 
-    return lyapunov_raw(problem, params, inputs, k, qr_every, warmup)
+    spec = cells.get(problem.cell)
+    E, B, T = problem.E, problem.B, problem.T
+    p64 = {key: v.astype(np.float64) for key, v in params.items()}
+    w_ih_t, w_hh_t = _prepared_weights(p64)
+    tangent0 = initial_tangents(len(spec.state) * problem.H, k, seed)
+    net = np.repeat(np.arange(E, dtype=np.int64), B)
+    seq = np.tile(np.arange(B, dtype=np.int64), E)
+    growth = np.zeros((E, B, k))
+    log_growth = np.empty((E, B, T))
+    with _single_threaded_blas():
+        _run_items(spec.kernels("cpu").lyapunov_item, E * B, inputs.astype(np.float64), w_ih_t, w_hh_t,
+                   p64["bias_ih_l0"], p64["bias_hh_l0"], net, seq, tangent0, qr_every, warmup, growth,
+                   log_growth)
+    steps = lyapunov_steps(T, qr_every, warmup)
+    return {"exponents_per_sequence": growth / steps, "log_growth": log_growth, "steps": steps}

@@ -246,3 +246,28 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, g_ih, g_hh
     g_ih[:] = g[:, H:H + D]
     g_b[:] = g[:, H + D]
     return s_star
+
+
+@jit
+def reorthonormalise(tangent, log_r):
+    """QR step of the Lyapunov spectra: the k rows of ``tangent`` (k, n) become orthonormal
+    (Q of the QR factorisation of its transpose) and log_r[i] = ln|R_ii| (float64 kernels)."""
+    q, r = np.linalg.qr(np.ascontiguousarray(tangent.T))
+    for i in range(tangent.shape[0]):
+        log_r[i] = math.log(abs(r[i, i])) if r[i, i] != 0.0 else -np.inf
+    tangent[:] = q.T
+
+
+@jit
+def lyapunov_block(tangent, log_r, t, T, block_start, qr_every, warmup, growth, running):
+    """After step t: reorthonormalise at the end of a QR block, and sum its ln|R_ii| into
+    ``growth`` (k,) when the block started at or after the warm-up (as
+    :func:`rnnsim.reference.lyapunov_raw`). Returns the new (block_start, running)."""
+    if t + 1 - block_start == qr_every or t == T - 1:
+        reorthonormalise(tangent, log_r)
+        if block_start >= warmup:
+            for i in range(log_r.shape[0]):
+                growth[i] += log_r[i]
+                running += log_r[i]
+        block_start = t + 1
+    return block_start, running

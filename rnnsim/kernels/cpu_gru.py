@@ -12,7 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 from ._vmath import sigmoid, tanh
-from .cpu_common import gather_inputs, jit, loss_adjoints, renormalise, typed, weight_gradients
+from .cpu_common import (
+    gather_inputs,
+    jit,
+    loss_adjoints,
+    lyapunov_block,
+    renormalise,
+    typed,
+    weight_gradients,
+)
 
 
 @jit
@@ -180,3 +188,42 @@ def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, it
     for b in range(nb):
         for t in range(T):
             states[0, e, b0 + b, t] = hs[t + 1, b]
+
+
+@jit
+def lyapunov_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b, tangent0, qr_every, warmup,
+                  growth, log_growth):
+    """Lyapunov spectrum of one (network, sequence), float64: the tangent rows follow
+    :func:`rnnsim.cells.gru.tangent_step`."""
+    T = inputs.shape[2]
+    H = w_hh_t.shape[1]
+    e, b = item_net[item], item_b[item]
+    h = np.zeros(H)
+    r_gate = np.empty(H)
+    z_gate = np.empty(H)
+    n_gate = np.empty(H)
+    tangent = tangent0.copy()
+    image = np.empty((tangent.shape[0], 3 * H))
+    log_r = np.empty(tangent.shape[0])
+    block_start, running = 0, 0.0
+    for t in range(T):
+        x_side = np.dot(inputs[e, b, t], w_ih_t[e]) + b_ih[e]
+        h_side = np.dot(h, w_hh_t[e]) + b_hh[e]
+        for j in range(H):
+            r_gate[j] = sigmoid(x_side[j] + h_side[j])
+            z_gate[j] = sigmoid(x_side[H + j] + h_side[H + j])
+            n_gate[j] = tanh(x_side[2 * H + j] + r_gate[j] * h_side[2 * H + j])
+        h_prev = h.copy()
+        for j in range(H):
+            h[j] = (1.0 - z_gate[j]) * n_gate[j] + z_gate[j] * h_prev[j]
+        np.dot(tangent, w_hh_t[e], image)  # rows δh -> (W_hh δh)ᵀ, 3H
+        for i in range(tangent.shape[0]):
+            for j in range(H):
+                r, z, n, u = r_gate[j], z_gate[j], n_gate[j], h_side[2 * H + j]
+                d_r = image[i, j] * r * (1.0 - r)
+                d_z = image[i, H + j] * z * (1.0 - z)
+                d_n = (1.0 - n * n) * (d_r * u + r * image[i, 2 * H + j])
+                tangent[i, j] = (1.0 - z) * d_n + z * tangent[i, j] + (h_prev[j] - n) * d_z
+        block_start, running = lyapunov_block(tangent, log_r, t, T, block_start, qr_every, warmup,
+                                              growth[e, b], running)
+        log_growth[e, b, t] = running

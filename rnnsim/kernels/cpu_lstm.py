@@ -10,7 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from ._vmath import sigmoid, tanh
-from .cpu_common import gather_inputs, jit, loss_adjoints, renormalise, typed, weight_gradients
+from .cpu_common import (
+    gather_inputs,
+    jit,
+    loss_adjoints,
+    lyapunov_block,
+    renormalise,
+    typed,
+    weight_gradients,
+)
 
 
 @jit
@@ -191,3 +199,48 @@ def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, it
         for t in range(T):
             states[0, e, b0 + b, t] = hs[t + 1, b]
             states[1, e, b0 + b, t] = cs[t + 1, b]
+
+
+@jit
+def lyapunov_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b, tangent0, qr_every, warmup,
+                  growth, log_growth):
+    """Lyapunov spectrum of one (network, sequence) on the full state (h, c), float64: the
+    tangent rows are [δh | δc] (length 2H) and follow :func:`rnnsim.cells.lstm.tangent_step`."""
+    T = inputs.shape[2]
+    H = w_hh_t.shape[1]
+    e, b = item_net[item], item_b[item]
+    bias = b_ih[e] + b_hh[e]
+    h = np.zeros(H)
+    c = np.zeros(H)
+    gates = np.empty(4 * H)
+    tangent = tangent0.copy()
+    image = np.empty((tangent.shape[0], 4 * H))
+    log_r = np.empty(tangent.shape[0])
+    block_start, running = 0, 0.0
+    for t in range(T):
+        pre = np.dot(inputs[e, b, t], w_ih_t[e]) + np.dot(h, w_hh_t[e])
+        for j in range(2 * H):
+            gates[j] = sigmoid(pre[j] + bias[j])  # i, f
+        for j in range(2 * H, 3 * H):
+            gates[j] = tanh(pre[j] + bias[j])  # g
+        for j in range(3 * H, 4 * H):
+            gates[j] = sigmoid(pre[j] + bias[j])  # o
+        c_prev = c.copy()
+        for j in range(H):
+            c[j] = gates[H + j] * c_prev[j] + gates[j] * gates[2 * H + j]
+        tanh_c = np.empty(H)
+        for j in range(H):
+            tanh_c[j] = tanh(c[j])
+            h[j] = gates[3 * H + j] * tanh_c[j]
+        np.dot(np.ascontiguousarray(tangent[:, :H]), w_hh_t[e], image)  # rows δh -> (W_hh δh)ᵀ, 4H
+        for r in range(tangent.shape[0]):
+            for j in range(H):
+                i, f, g, o = gates[j], gates[H + j], gates[2 * H + j], gates[3 * H + j]
+                dc = (image[r, H + j] * f * (1.0 - f) * c_prev[j] + f * tangent[r, H + j]
+                      + image[r, j] * i * (1.0 - i) * g + i * (1.0 - g * g) * image[r, 2 * H + j])
+                tangent[r, H + j] = dc
+                tangent[r, j] = (image[r, 3 * H + j] * o * (1.0 - o) * tanh_c[j]
+                                 + o * (1.0 - tanh_c[j] * tanh_c[j]) * dc)
+        block_start, running = lyapunov_block(tangent, log_r, t, T, block_start, qr_every, warmup,
+                                              growth[e, b], running)
+        log_growth[e, b, t] = running

@@ -12,7 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 from ._vmath import tanh
-from .cpu_common import gather_inputs, jit, loss_adjoints, renormalise, typed, weight_gradients
+from .cpu_common import (
+    gather_inputs,
+    jit,
+    loss_adjoints,
+    lyapunov_block,
+    renormalise,
+    typed,
+    weight_gradients,
+)
 
 
 @jit
@@ -130,3 +138,31 @@ def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, it
     for b in range(nb):
         for t in range(T):
             states[0, e, b0 + b, t] = hs[t + 1, b]
+
+
+@jit
+def lyapunov_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b, tangent0, qr_every, warmup,
+                  growth, log_growth):
+    """Lyapunov spectrum of one (network, sequence), float64: the forward step, then the
+    tangent step δh ← (1 − h_t²) ⊙ W_hh δh (:func:`rnnsim.cells.rnn.tangent_step`) on the
+    k rows of ``tangent``, reorthonormalised every ``qr_every`` steps."""
+    T = inputs.shape[2]
+    H = w_hh_t.shape[1]
+    e, b = item_net[item], item_b[item]
+    bias = b_ih[e] + b_hh[e]
+    h = np.zeros(H)
+    tangent = tangent0.copy()
+    image = np.empty(tangent.shape)
+    log_r = np.empty(tangent.shape[0])
+    block_start, running = 0, 0.0
+    for t in range(T):
+        pre = np.dot(inputs[e, b, t], w_ih_t[e]) + np.dot(h, w_hh_t[e])
+        for j in range(H):
+            h[j] = tanh(pre[j] + bias[j])
+        np.dot(tangent, w_hh_t[e], image)  # rows v -> (W_hh v)ᵀ
+        for i in range(tangent.shape[0]):
+            for j in range(H):
+                tangent[i, j] = (1.0 - h[j] * h[j]) * image[i, j]
+        block_start, running = lyapunov_block(tangent, log_r, t, T, block_start, qr_every, warmup,
+                                              growth[e, b], running)
+        log_growth[e, b, t] = running
