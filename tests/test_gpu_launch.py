@@ -180,6 +180,20 @@ def test_static_shared_memory_above_48_kb_is_refused():
                           "49,160", "49,152")
 
 
+def test_limits_are_read_from_the_device():
+    from types import SimpleNamespace
+
+    device = SimpleNamespace(compute_capability=(9, 0), MAX_SHARED_MEMORY_PER_BLOCK=49_152,
+                             MAX_SHARED_MEMORY_PER_BLOCK_OPTIN=232_448, RESERVED_SHARED_MEMORY_PER_BLOCK=1024,
+                             MAX_REGISTERS_PER_BLOCK=65_536, MAX_THREADS_PER_BLOCK=1024,
+                             MAX_GRID_DIM_X=2**31 - 1, MAX_GRID_DIM_Y=65_535, MAX_GRID_DIM_Z=65_535)
+    assert gpu_launch.Limits.of_device(device) == gpu_launch.Limits(name="sm_90")
+    smaller = SimpleNamespace(**dict(vars(device), MAX_SHARED_MEMORY_PER_BLOCK_OPTIN=101_376))
+    assert gpu_launch.Limits.of_device(smaller).shared_optin == 101_376
+    capped = gpu_launch.SM90.with_shared_cap(1000)
+    assert capped.shared_optin == capped.shared_per_block == 1000
+
+
 def test_register_figures():
     assert gpu_launch.block_registers(255, 256) == REGISTERS  # 255 rounds up to 256 per thread
     assert gpu_launch.block_registers(253, 512) > REGISTERS
@@ -228,7 +242,7 @@ def test_grids_of_large_problems_fit(B, T, loss):
 def test_grids_refuse_clearly_what_cannot_launch():
     _one_line_value_error(lambda: gpu_launch.recurrence_grid(65_536, 8, 8), "65,536 blocks", "axis y")
     _one_line_value_error(lambda: gpu_launch.common_grids(1, 1, 1, 16, 5_000_000, 16, 2, 128),
-                          "gemm recurrent", "axis y", "65,535")
+                          "gemm recurrent", "axis y", "65,535", "fewer inputs per step (D)")
 
 
 def test_chunks_hold_at_most_the_networks_one_grid_takes(monkeypatch):

@@ -60,7 +60,6 @@ class Limits:
     static_shared: int = 48 * 1024     # static alone, whatever the opt-in
     reserved_shared: int = 1024        # per block, for the system (not in the limits above)
     registers_per_block: int = 65_536
-    registers_per_thread: int = 255
     register_unit: int = 256           # registers are allocated per warp in units of 256
     threads_per_block: int = 1024
     grid: tuple = (2**31 - 1, 65_535, 65_535)
@@ -210,11 +209,11 @@ def recurrence_plan(module, role, dtype, tile, threads, H, static, limits=SM90, 
                        dynamic, static, limits, smaller_tile=smaller_tile)
 
 
-def _check_grid(label, grid, limits):
+def _check_grid(label, grid, limits, hint="use fewer networks or sequences per call"):
     for axis, (n, most) in enumerate(zip(grid, limits.grid)):
         if n > most:
             raise ValueError(f"{label} needs {n:,} blocks along grid axis {'xyz'[axis]}, above the "
-                             f"{most:,} of {limits.name}; use fewer networks or sequences per call")
+                             f"{most:,} of {limits.name}; {hint}")
     return grid
 
 
@@ -243,7 +242,9 @@ def common_grids(n_nets, B, steps, H, D, GH, K, threads, limits=SM90):
              "gemm_recurrent": gemm(GH, H + D + 1),
              "gemm_output": gemm(K, H + 1)}
     for name, grid in grids.items():
-        _check_grid(f"the {name.replace('_', ' ')}", grid, limits)
+        _check_grid(f"the {name.replace('_', ' ')}", grid, limits,
+                    "use fewer inputs per step (D)" if name == "gemm_recurrent" and grid[1] > limits.grid[1]
+                    else "use fewer networks or sequences per call")
     return SimpleNamespace(**grids)
 
 
