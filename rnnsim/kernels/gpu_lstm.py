@@ -92,6 +92,8 @@ def make_kernels(dtype, tile, threads):
         zero_first_step(h_store, e, b0, tid)
         zero_first_step(c_store, e, b0, tid)
         cuda.syncthreads()
+        # acc[g * TILE + s]: gate row g of unit j for sequence s, the pre-activation a_t,
+        # then (in place, in registers) the activated gate
         acc = cuda.local.array(gate_accumulators, real)
         for t in range(1, T + 1):
             prev = off_h + ((t - 1) % 2) * TILE * H
