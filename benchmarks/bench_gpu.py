@@ -17,7 +17,10 @@ Usage (on a machine with a GPU; see benchmarks/run_on_gpu.sh)::
    with torch.cuda.synchronize around every torch run.
 
 ``--small`` runs the same code paths at tiny shapes (under the simulator the torch
-GPU parts are skipped with a message).
+GPU parts are skipped with a message). ``--sanitize`` runs every cell's kernels once
+at small shapes and nothing else, for ``compute-sanitizer`` (memcheck, racecheck; see
+benchmarks/run_on_gpu.sh): several blocks and padded tiles, W_hh in shared and in
+global memory, and a launch above 48 KB of shared memory (the opt-in).
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ import time
 import numpy as np
 
 import rnnsim
+from rnnsim import cells, config
 from rnnsim.kernels import _cuda, gpu
 
 TOLERANCE = {np.float64: (1e-12, 1e-13), np.float32: (1e-5, 1e-6)}  # rel, abs (x max|ref|)
@@ -35,7 +39,7 @@ TOLERANCE = {np.float64: (1e-12, 1e-13), np.float32: (1e-5, 1e-6)}  # rel, abs (
 
 def problem(cell, dtype, E, B, T, D, H, K, loss, seed=0):
     params = rnnsim.init_params(cell, H, D, K, E, seed=seed, dtype=dtype, bias_scale=0.1,
-                                forget_bias=1.0 if cell == "lstm" else 0.0)
+                                forget_bias=1.0)  # cells without a forget gate ignore it
     rng = np.random.default_rng(seed + 1)
     inputs = rng.standard_normal((E, B, T, D)).astype(dtype)
     targets = rng.integers(0, K, size=(E, B) if loss == "last" else (E, B, T))
@@ -65,7 +69,7 @@ def check_correctness(shape):
     print(f"\n== correctness, cuda vs cpu, {shape} ==")
     ok = True
     for dtype in (np.float64, np.float32):
-        for cell in ("rnn", "lstm"):
+        for cell in cells.names():
             params, inputs, targets = problem(cell, dtype, loss="every", **shape)
             t0 = time.perf_counter()
             got = rnnsim.gradients(cell, params, inputs, targets, loss="every", device="cuda")
@@ -98,7 +102,7 @@ def median_time(fn, repeats, sync=lambda: None):
 def torch_distinct(torch, cell, dtype, shape, device):
     """(a) distinct weights per network: a torch.bmm loop over time plus autograd."""
     E, B, T, D, H, K = (shape[k] for k in ("E", "B", "T", "D", "H", "K"))
-    G = 4 if cell == "lstm" else 1
+    G = cells.get(cell).G
     tdt = getattr(torch, np.dtype(dtype).name)
     gen = torch.Generator(device=device).manual_seed(0)
 
@@ -159,24 +163,60 @@ def benchmark(shape, repeats, small):
         baseline_device = "cpu"
         print("(torch.cuda is not available: torch baselines run on the CPU, as a smoke test only)")
     else:
-        print(f"(torch baselines skipped: {'torch is not installed' if torch is None else 'torch.cuda is not available'})")
+        why = "torch is not installed" if torch is None else "torch.cuda is not available"
+        print(f"(torch baselines skipped: {why})")
     sync = torch.cuda.synchronize if baseline_device == "cuda" else (lambda: None)
     rows = []
     for dtype in (np.float32, np.float64):
-        for cell in ("rnn", "lstm"):
+        for cell in cells.names():
             params, inputs, targets = problem(cell, dtype, loss="last", **shape)
             ours = median_time(lambda: rnnsim.gradients(cell, params, inputs, targets, device="cuda"),
                                repeats)
             base_a = base_b = float("nan")
             if baseline_device is not None:
-                base_a = median_time(torch_distinct(torch, cell, dtype, shape, baseline_device), repeats, sync)
-                base_b = median_time(torch_cudnn(torch, cell, dtype, shape, baseline_device), repeats, sync)
+                for_torch = (torch, cell, dtype, shape, baseline_device)
+                base_a = median_time(torch_distinct(*for_torch), repeats, sync)
+                base_b = median_time(torch_cudnn(*for_torch), repeats, sync)
             rows.append((f"{cell} {np.dtype(dtype).name}", ours, base_a, base_b))
     print(f"{'':14s} {'rnnsim cuda':>12s} {'(a) bmm loop':>13s} {'(b) cuDNN':>11s} "
           f"{'(a)/rnnsim':>11s} {'(b)/rnnsim':>11s}")
     for name, ours, base_a, base_b in rows:
         print(f"{name:14s} {1e3 * ours:10.2f}ms {1e3 * base_a:11.2f}ms {1e3 * base_b:9.2f}ms "
               f"{base_a / ours:10.2f}x {base_b / ours:10.2f}x")
+
+
+def _without_w_hh_cap(cell, dtype, H):
+    """A config.GPU_MAX_SHARED_BYTES that leaves W_hh out of shared memory in both kernels."""
+    module = cells.get(cell).kernels("gpu")
+    threads, tile = int(config.GPU_THREADS_PER_BLOCK), int(config.GPU_SEQUENCES_PER_BLOCK)
+    return max(module.dynamic_shared_bytes(role, dtype, tile, threads, H, False)
+               for role in ("forward", "backward"))
+
+
+def sanitize():
+    """Every cell, both dtypes, both losses, once, at shapes that keep compute-sanitizer
+    quick: 2 networks x 11 sequences (two tiles, the second padded), H = 20, T = 5;
+    then W_hh forced into global memory; then H = 128 (lstm float32: above 48 KB, the
+    opt-in). True when the cuda and cpu results agree everywhere."""
+    shape = dict(E=2, B=11, T=5, D=3, H=20, K=4)
+    ok = True
+    for label, global_w_hh, sizes in [("W_hh in shared", False, shape), ("W_hh in global", True, shape),
+                                      ("H=128 (opt-in)", False, dict(shape, E=1, B=9, T=3, H=128))]:
+        for dtype in (np.float32, np.float64):
+            for cell in cells.names():
+                cap = _without_w_hh_cap(cell, dtype, sizes["H"]) if global_w_hh else None
+                config.GPU_MAX_SHARED_BYTES = cap
+                for loss in ("last", "every"):
+                    params, inputs, targets = problem(cell, dtype, loss=loss, **sizes)
+                    got = rnnsim.gradients(cell, params, inputs, targets, loss=loss, device="cuda")
+                    rnnsim.forward(cell, params, inputs, device="cuda")
+                    want = rnnsim.gradients(cell, params, inputs, targets, loss=loss, device="cpu")
+                    ratio, key = worst_error(got, want, dtype)
+                    ok &= ratio <= 1.0
+                    print(f"{label:15s} {cell:5s} {np.dtype(dtype).name:8s} {loss:6s} worst error "
+                          f"{ratio:.3g} x tolerance at {key!r}", flush=True)
+    config.GPU_MAX_SHARED_BYTES = None
+    return ok
 
 
 def device_name():
@@ -196,10 +236,17 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="tiny shapes (smoke test, simulator)")
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration")
+    parser.add_argument("--sanitize", action="store_true",
+                        help="run every kernel once at small shapes (for compute-sanitizer), nothing else")
     args = parser.parse_args()
     reason = gpu.unavailable_reason()
     if reason is not None:
         raise SystemExit(f"bench_gpu.py needs a GPU or the simulator: {reason}")
+    if args.sanitize:
+        print(f"device: {device_name()}")
+        ok = sanitize()
+        print("sanitize:", "PASS" if ok else "FAIL")
+        raise SystemExit(0 if ok else 1)
     if args.small:
         check = dict(E=1, B=2, T=4, D=2, H=3, K=3)
         bench = dict(E=2, B=2, T=3, D=2, H=3, K=3)

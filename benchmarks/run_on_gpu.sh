@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Everything the lent GPU machine should run, in one call (about 5 minutes):
-#   1. the GPU tests on the real device (sm_90 compiles, cuda vs cpu at tiny shapes),
-#   2. benchmarks/bench_gpu.py (correctness at H=128, T=512; timings vs torch).
+# Everything the lent GPU machine should run, in one call (about 6 minutes):
+#   1. the GPU tests on the real device (sm_90 compiles and links, the launch planner
+#      against the dispatcher's own figures, cuda vs reference and cpu at tiny shapes),
+#   2. every kernel once under compute-sanitizer (memcheck, racecheck) at small shapes
+#      (bench_gpu.py --sanitize), when compute-sanitizer is on the machine,
+#   3. benchmarks/bench_gpu.py (correctness at H=128, T=512; timings vs torch).
 # Output is tee'd into "$OUT/" (the device tool's output folder; results/gpu otherwise).
 # The device image cannot pip install: run from the repository root with PYTHONPATH=.
 set -u
@@ -18,12 +21,25 @@ PY="${PYTHON:-python}"
 } 2>&1 | tee "$OUT/env.txt"
 status=0
 if "$PY" -c "import pytest" 2>/dev/null; then
-  "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_ptx.py tests/test_gpu_sim.py 2>&1 | tee "$OUT/pytest_gpu.txt"
+  "$PY" -m pytest -q -p no:cacheprovider tests/test_gpu_ptx.py tests/test_gpu_launch.py tests/test_gpu_sim.py \
+    2>&1 | tee "$OUT/pytest_gpu.txt"
   status=${PIPESTATUS[0]}
 else
   echo "pytest is not installed on this machine: GPU tests skipped" | tee "$OUT/pytest_gpu.txt"
 fi
+SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -n 1)"
+sanitizer=0
+if [ -n "$SANITIZER" ]; then
+  for tool in memcheck racecheck; do
+    "$SANITIZER" --tool "$tool" --error-exitcode 3 "$PY" benchmarks/bench_gpu.py --sanitize \
+      2>&1 | tee "$OUT/sanitizer_$tool.txt"
+    code=${PIPESTATUS[0]}
+    [ "$code" -ne 0 ] && sanitizer=$code
+  done
+else
+  echo "compute-sanitizer was not found (PATH, /usr/local/cuda*/bin): skipped" | tee "$OUT/sanitizer.txt"
+fi
 "$PY" benchmarks/bench_gpu.py "$@" 2>&1 | tee "$OUT/bench_gpu.txt"
 bench=${PIPESTATUS[0]}
-echo "pytest exit $status, bench exit $bench" | tee -a "$OUT/env.txt"
-exit $(( status != 0 || bench != 0 ))
+echo "pytest exit $status, sanitizer exit $sanitizer, bench exit $bench" | tee -a "$OUT/env.txt"
+exit $(( status != 0 || sanitizer != 0 || bench != 0 ))

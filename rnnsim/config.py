@@ -21,8 +21,10 @@ GPU_MEMORY_FRACTION = 0.6
 # parallelise over (network, sequence tile) pairs; a tile batches its sequences
 # so that each time step is one small matrix product.
 CPU_SEQUENCE_TILE = 32
-# Shared memory one GPU block may use, in bytes; None = the device's opt-in limit
-# (48 KB under the simulator). Tests lower it to exercise the W_hh-in-global fallback.
+# Shared memory one block of the GPU recurrence kernels may use, in bytes; None = the
+# device's opt-in limit (48 KB under the simulator). Tests lower it to exercise the
+# W_hh-in-global fallback. Every launch is checked against the device's own limits too
+# (rnnsim.kernels.gpu_launch).
 GPU_MAX_SHARED_BYTES = None
 # Device bytes one ensemble chunk may use; None = GPU_MEMORY_FRACTION of free memory.
 # Tests lower it so that a small ensemble is processed in several chunks.

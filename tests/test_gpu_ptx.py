@@ -5,14 +5,17 @@ neither), so typing errors in the kernels show up here. It needs numba-cuda with
 its CUDA 13 extra (NVVM from PyPI) but no GPU or driver.
 """
 import re
-import types
 
 import numpy as np
 import pytest
 
 import rnnsim
-from rnnsim import config
-from rnnsim.kernels import _cuda, gpu, gpu_common, gpu_lstm, gpu_rnn
+from rnnsim import cells, config
+from rnnsim.kernels import _cuda, gpu, gpu_common, gpu_launch
+
+ROLES = ("forward", "backward")
+INTERFACE = ("make_kernels", "kernel_signatures", "dynamic_shared_bytes", "activation_shapes",
+             "forward_args", "backward_args")
 
 
 def _nvvm_reason():
@@ -35,56 +38,66 @@ def _nvvm_reason():
     return None
 
 
-def _all_kernels(dtype):
-    """(name, python function, signature) of every kernel, as the driver builds them."""
-    threads, tile = 128, 8
-    groups = [(gpu_common.make_common_kernels(threads), gpu_common.common_signatures(dtype)),
-              (gpu_rnn.make_kernels(dtype, tile, threads), gpu_rnn.kernel_signatures(dtype)),
-              (gpu_lstm.make_kernels(dtype, tile, threads), gpu_lstm.kernel_signatures(dtype))]
-    for funcs, signatures in groups:
-        assert set(funcs) == set(signatures)
-        for name, fn in funcs.items():
-            yield name, fn, signatures[name]
+# (cell or None for the common kernels, kernel name or role), in the driver's terms
+KERNELS = ([(None, name) for name in gpu_common.common_signatures(np.float32)]
+           + [(cell, role) for cell in cells.names() for role in ROLES])
 
 
-KERNEL_NAMES = ["output_layer", "scale_weights", "weight_gradient_gemm",
-                "rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward"]
+def _kernel_id(kernel):
+    cell, name = kernel
+    return name if cell is None else f"{cell}_{name}"
 
 
-@pytest.fixture
-def pinned_compute_capability(monkeypatch):
-    """numba-cuda asks the driver for the compute capability when it types a device
-    function called from a kernel (``dispatcher.compile_device``); without a GPU we
-    pin it to the sm_90 target that ``compile_ptx`` builds for."""
+@pytest.fixture(scope="module")
+def nvvm():
     reason = _nvvm_reason()
     if reason is not None:
         pytest.skip(reason)
-    import numba.cuda.dispatcher as dispatcher
-
-    if gpu.unavailable_reason() is not None:
-        monkeypatch.setattr(dispatcher, "get_current_device",
-                            lambda: types.SimpleNamespace(compute_capability=(9, 0)))
 
 
-def test_every_kernel_is_listed():
-    names = [name for name, _, _ in _all_kernels(np.float32)]
-    assert sorted(names) == sorted(KERNEL_NAMES)
+@pytest.mark.parametrize("cell", cells.names())
+def test_every_cell_module_has_the_uniform_interface(cell):
+    """gpu.py knows no cell by name: every gpu_<cell> module offers the same functions."""
+    module = cells.get(cell).kernels("gpu")
+    for name in INTERFACE:
+        assert callable(getattr(module, name, None)), f"{module.__name__}.{name}"
+    funcs = module.make_kernels(np.float64, 2, 4)
+    assert set(funcs) == set(module.kernel_signatures(np.float64)) == set(ROLES)
+    shapes = module.activation_shapes(3, 5, 7)
+    assert set(cells.get(cell).state) <= set(shapes)
+
+
+def test_every_common_kernel_is_listed():
+    assert set(gpu_common.make_common_kernels(128)) == set(gpu_common.common_signatures(np.float32))
+    assert sorted(_kernel_id(k) for k in KERNELS) == sorted(
+        ["output_layer", "scale_weights", "weight_gradient_gemm"]
+        + [f"{cell}_{role}" for cell in cells.names() for role in ROLES])
+
+
+def test_driver_names_no_cell():
+    import inspect
+
+    source = inspect.getsource(gpu)
+    for cell in cells.names():
+        assert f'"{cell}"' not in source and f"'{cell}'" not in source and f"gpu_{cell}" not in source
+    assert "is_lstm" not in source and "_CELL_MODULES" not in source
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("name", KERNEL_NAMES)
-def test_kernel_compiles_for_sm90(name, dtype, pinned_compute_capability):
-    cuda = _cuda.cuda()
-    from numba import void
-
-    fn, signature = next((f, s) for n, f, s in _all_kernels(dtype) if n == name)
-    ptx, _ = cuda.compile_ptx(fn, void(*signature), cc=(9, 0))
+@pytest.mark.parametrize("kernel", KERNELS, ids=_kernel_id)
+def test_kernel_compiles_for_sm90(kernel, dtype, nvvm):
+    """The kernel at the default configuration, as the driver builds it (launch bound
+    included); the build is shared with tests/test_gpu_launch.py."""
+    cell, name = kernel
+    ptx, figures = gpu_launch.sm90_build(cell, name, dtype, 8, 128)
     assert ".target sm_90" in ptx
     assert ".visible .entry" in ptx
+    assert ".maxntid" in ptx  # the launch bound reached the PTX
     # the arrays really are in the requested precision (scale_weights only sees float64)
     if name != "scale_weights":
         single_precision_memory = re.search(r"\b(ld|st)\.global(\.\w+)*\.f32\b", ptx) is not None
         assert single_precision_memory == (dtype == np.float32)
+    assert figures.registers > 0
 
 
 def _tiny_problem():
@@ -152,6 +165,10 @@ def test_row_stack_shim(monkeypatch):
 def test_bad_launch_config_is_a_value_error(monkeypatch):
     monkeypatch.setattr(config, "GPU_THREADS_PER_BLOCK", 0)
     with pytest.raises(ValueError, match="GPU_THREADS_PER_BLOCK"):
+        gpu._launch_config()
+    monkeypatch.setattr(config, "GPU_THREADS_PER_BLOCK", 128)
+    monkeypatch.setattr(config, "GPU_SEQUENCES_PER_BLOCK", 17)
+    with pytest.raises(ValueError, match=r"GPU_SEQUENCES_PER_BLOCK must be in \[1, 16\], got 17"):
         gpu._launch_config()
 
 

@@ -1,4 +1,5 @@
-"""GPU kernels against the CPU backend, under the CUDA simulator (or on a real GPU).
+"""GPU kernels against the NumPy reference and the CPU backend, under the CUDA
+simulator (or on a real GPU).
 
 Run in its own process, because the simulator must be chosen before numba is
 imported::
@@ -16,18 +17,19 @@ import numpy as np
 import pytest
 from helpers import assert_outputs_close, make_problem
 
-from rnnsim import config, gradients, forward, init_params
+from rnnsim import cells, config, forward, gradients, init_params, logdomain, reference
 from rnnsim._validate import check_problem
-from rnnsim.kernels import gpu
+from rnnsim.kernels import gpu, gpu_launch
 
 pytestmark = pytest.mark.cudasim
 
 if gpu.unavailable_reason() is not None:
     pytest.skip(f"no GPU and no CUDA simulator: {gpu.unavailable_reason()}", allow_module_level=True)
 
-# Closeness to the cpu backend: helpers.assert_outputs_close, float64 to 1e-12 and
-# float32 to 1e-5 relative, plus a floor relative to each array's largest entry for
-# entries that are sums of cancelling terms (helpers.FLOOR).
+# Closeness to the reference and the cpu backend: helpers.assert_outputs_close,
+# float64 to 1e-12 and float32 to 1e-5 relative, plus a floor relative to each array's
+# largest entry for entries that are sums of cancelling terms (helpers.FLOOR).
+CELLS = cells.names()
 
 
 @pytest.fixture(autouse=True)
@@ -42,8 +44,10 @@ def assert_same_dtypes(got, want):
 
 
 def compare(cell, loss, dtype, **sizes):
+    """cuda against the NumPy reference and against the cpu backend."""
     params, inputs, targets = make_problem(cell, **sizes, loss=loss, dtype=dtype)
     got = gradients(cell, params, inputs, targets, loss=loss, device="cuda")
+    assert_outputs_close(got, reference.gradients(cell, params, inputs, targets, loss=loss), dtype)
     want = gradients(cell, params, inputs, targets, loss=loss, device="cpu")
     assert_outputs_close(got, want, dtype)
     assert_same_dtypes(got, want)
@@ -58,30 +62,31 @@ SHAPES = [
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("loss", ["last", "every"])
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 @pytest.mark.parametrize("sizes", SHAPES, ids=["small", "minimal"])
-def test_gradients_match_cpu(cell, loss, dtype, sizes):
+def test_gradients_match_reference_and_cpu(cell, loss, dtype, sizes):
     compare(cell, loss, dtype, **sizes)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
-def test_weights_in_global_memory_match_cpu(cell, monkeypatch):
+@pytest.mark.parametrize("cell", CELLS)
+def test_weights_in_global_memory_match_reference(cell, monkeypatch):
     """Too little shared memory for W_hh: the kernels read it from global memory."""
     H, tile, threads = 10, 2, 4
-    module = gpu._CELL_MODULES[cell]
-    kernels = (f"{cell}_forward", f"{cell}_backward")
-    without_w = max(sum(module.shared_bytes(k, np.float64, tile, threads, H, False)) for k in kernels)
-    with_w = min(sum(module.shared_bytes(k, np.float64, tile, threads, H, True)) for k in kernels)
+    module = cells.get(cell).kernels("gpu")
+    roles = ("forward", "backward")
+    without_w = max(module.dynamic_shared_bytes(r, np.float64, tile, threads, H, False) for r in roles)
+    with_w = min(module.dynamic_shared_bytes(r, np.float64, tile, threads, H, True) for r in roles)
     assert without_w < with_w
     monkeypatch.setattr(config, "GPU_MAX_SHARED_BYTES", without_w)
     plans = []
-    original = gpu._plan_shared
-    monkeypatch.setattr(gpu, "_plan_shared", lambda *a: plans.append(original(*a)) or plans[-1])
+    original = gpu_launch.recurrence_plan
+    monkeypatch.setattr(gpu_launch, "recurrence_plan", lambda *a: plans.append(original(*a)) or plans[-1])
     compare(cell, "every", np.float64, E=1, B=3, T=3, D=2, H=H, K=2)
-    assert len(plans) == 2 and not any(in_shared for _, in_shared in plans)
+    assert len(plans) == 4  # forward and backward, each before and after compiling
+    assert not any(plan.w_in_shared for plan in plans)
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_ensemble_split_into_chunks(cell, monkeypatch):
     E = 3
     params, inputs, targets = make_problem(cell, E=E, B=2, T=3, D=2, H=3, K=2)
@@ -91,11 +96,12 @@ def test_ensemble_split_into_chunks(cell, monkeypatch):
     launches = []
     original = gpu._chunk_gradients
     monkeypatch.setattr(gpu, "_chunk_gradients",
-                        lambda *a: launches.append(a[-3]) or original(*a))
+                        lambda *a: launches.append(a[5]) or original(*a))
     got = gradients(cell, params, inputs, targets, device="cuda")
     assert [(s.start, s.stop) for s in launches] == [(0, 1), (1, 2), (2, 3)]
     want = gradients(cell, params, inputs, targets, device="cpu")
     assert_outputs_close(got, want, np.float64)
+    assert_outputs_close(got, reference.gradients(cell, params, inputs, targets), np.float64)
 
 
 def test_network_too_large_is_a_clear_error(monkeypatch):
@@ -106,7 +112,7 @@ def test_network_too_large_is_a_clear_error(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
-@pytest.mark.parametrize("cell", ["rnn", "lstm"])
+@pytest.mark.parametrize("cell", CELLS)
 def test_forward_matches_cpu(cell, dtype, monkeypatch):
     params, inputs, targets = make_problem(cell, E=3, B=3, T=3, D=2, H=4, K=2, dtype=dtype)
     problem = check_problem(cell, params, inputs, targets, "last")[0]
@@ -114,7 +120,7 @@ def test_forward_matches_cpu(cell, dtype, monkeypatch):
     monkeypatch.setattr(config, "GPU_MEMORY_BUDGET_BYTES", 2 * per_network)  # chunks of 2 and 1
     got = forward(cell, params, inputs, device="cuda")
     want = forward(cell, params, inputs, device="cpu")
-    assert set(got) == set(want) == ({"h", "c"} if cell == "lstm" else {"h"})
+    assert set(got) == set(want) == set(cells.get(cell).state)
     assert_outputs_close(got, want, dtype)
     for key in want:
         assert got[key].dtype == np.dtype(dtype)
@@ -130,6 +136,7 @@ def test_long_horizon_log_ratio_is_exact(scale):
     got = gradients("rnn", params, inputs, targets, device="cuda")
     ratio = got["log_grad_norm"][..., 0] - got["log_grad_norm"][..., T]
     np.testing.assert_allclose(ratio, T * math.log(scale), rtol=1e-12)
+    assert_outputs_close(got, reference.gradients("rnn", params, inputs, targets), np.float64)
 
 
 def test_underflowing_gradients_stay_finite_in_log_domain():
@@ -144,3 +151,27 @@ def test_underflowing_gradients_stay_finite_in_log_domain():
     assert np.all(np.isfinite(got["log_grad_norm"]))
     np.testing.assert_allclose(got["log_grad_norm"][..., 0] - got["log_grad_norm"][..., T],
                                T * math.log(1e-6), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32], ids=["f64", "f32"])
+def test_scale_weights_apply_the_cutoff_of_identity_2(dtype):
+    """S* and the weights exp(s - S*) of the kernel are those of logdomain.relative_weights,
+    cutoff included: terms at or below it get weight 0."""
+    cutoff = logdomain.log_weight_cutoff(dtype)
+    E, B, T = 2, 3, 4
+    rng = np.random.default_rng(0)
+    da_scale = rng.uniform(-5.0, 5.0, size=(E, B, T))
+    da_scale[0, 0, 0] = 10.0  # S* of network 0
+    da_scale[0, 1, 1] = 10.0 + cutoff  # exactly at the cutoff: dropped
+    da_scale[0, 1, 2] = 10.0 + cutoff + 1e-3  # just above it: kept
+    da_scale[0, 2, 3] = 10.0 + 2 * cutoff  # far below: dropped
+    da_scale[1] = -np.inf  # a network with a zero adjoint everywhere
+    da_scale[1, 2, 1] = 3.0
+    top, weights = np.empty(E), np.empty((E, B, T))
+    kernel = gpu._common_kernels(config.GPU_THREADS_PER_BLOCK)["scale_weights"]
+    kernel[(E,), config.GPU_THREADS_PER_BLOCK](da_scale, cutoff, top, weights)
+    want_top, want_weights = logdomain.relative_weights(da_scale, (1, 2), cutoff)
+    np.testing.assert_array_equal(top, want_top)
+    np.testing.assert_allclose(weights, want_weights, rtol=1e-15, atol=0)
+    assert weights[0, 1, 1] == 0.0 and weights[0, 2, 3] == 0.0 and weights[0, 1, 2] > 0.0
+    assert np.count_nonzero(weights[1]) == 1

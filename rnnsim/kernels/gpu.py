@@ -7,21 +7,28 @@ S* with the weights exp(s_bt - S*), and two weight-gradient GEMMs over (b, t).
 The results come back once. Chunks are sized so that the activations of a chunk
 fit in ``config.GPU_MEMORY_FRACTION`` of the free device memory.
 
+The driver knows no cell by name: the cell's kernel module,
+``rnnsim.cells.get(cell).kernels("gpu")`` (a ``gpu_<cell>`` module), builds its
+kernels, sizes their shared memory, lists its activations and assembles their
+arguments, behind the same function names in every module. Every launch is planned
+by :mod:`rnnsim.kernels.gpu_launch` from the compiled kernel's own figures, and an
+impossible one is refused with a ``ValueError`` before it is compiled or launched.
+
 numba.cuda is imported lazily (:mod:`rnnsim.kernels._cuda`): importing this module
 needs neither a GPU nor the CUDA libraries.
 """
 from __future__ import annotations
 
 import math
+import warnings
+from dataclasses import replace
 from functools import lru_cache
 
 import numpy as np
 
-from .. import config
-from . import _cuda, gpu_common, gpu_lstm, gpu_rnn
-
-_CELL_MODULES = {"rnn": gpu_rnn, "lstm": gpu_lstm}
-_DEFAULT_SHARED_LIMIT = 48 * 1024  # without the opt-in (and under the simulator)
+from .. import cells, config
+from ..logdomain import log_weight_cutoff
+from . import _cuda, gpu_common, gpu_launch
 
 
 # ----------------------------------------------------------------------------------
@@ -52,85 +59,111 @@ def _require_gpu():
 # ----------------------------------------------------------------------------------
 # private kernels: jitted once per (cell, dtype, tile, threads)
 # ----------------------------------------------------------------------------------
+def _cell_module(cell):
+    return cells.get(cell).kernels("gpu")
+
+
+def _jit(cuda, fn, threads):
+    """cuda.jit with launch bounds: ptxas then keeps registers x threads within a block's
+    65,536 (the simulator takes no launch bounds)."""
+    if _cuda.is_simulator():
+        return cuda.jit(fn)
+    return cuda.jit(fn, launch_bounds=threads)
+
+
 @lru_cache(maxsize=None)
 def _cell_kernels(cell, dtype_name, tile, threads):
     cuda = _cuda.cuda()
-    funcs = _CELL_MODULES[cell].make_kernels(np.dtype(dtype_name), tile, threads)
-    return {name: cuda.jit(fn) for name, fn in funcs.items()}
+    funcs = _cell_module(cell).make_kernels(np.dtype(dtype_name), tile, threads)
+    return {role: _jit(cuda, fn, threads) for role, fn in funcs.items()}
 
 
 @lru_cache(maxsize=None)
 def _common_kernels(threads):
     cuda = _cuda.cuda()
-    return {name: cuda.jit(fn) for name, fn in gpu_common.make_common_kernels(threads).items()}
+    funcs = gpu_common.make_common_kernels(threads)
+    return {name: _jit(cuda, fn, gpu_common.block_threads(name, threads)) for name, fn in funcs.items()}
 
 
 def _launch_config():
     """Threads per block and sequences per block, read at call time (tests patch them)."""
-    threads = int(config.GPU_THREADS_PER_BLOCK)
-    tile = int(config.GPU_SEQUENCES_PER_BLOCK)
-    if not 1 <= threads <= 1024:
-        raise ValueError(f"config.GPU_THREADS_PER_BLOCK must be in [1, 1024], got {threads}")
-    if tile < 1:
-        raise ValueError(f"config.GPU_SEQUENCES_PER_BLOCK must be at least 1, got {tile}")
-    return threads, tile
+    return gpu_launch.check_config(int(config.GPU_THREADS_PER_BLOCK), int(config.GPU_SEQUENCES_PER_BLOCK))
 
 
-def _shared_limit(cuda):
-    """Bytes of shared memory one block may use (the opt-in limit on real hardware)."""
-    override = config.GPU_MAX_SHARED_BYTES
-    if override is not None:
-        return int(override)
+def _limits(cuda):
+    """What one block and one grid may use on the current device (or the simulator)."""
     if _cuda.is_simulator():
-        return _DEFAULT_SHARED_LIMIT
-    device = cuda.get_current_device()
-    return int(getattr(device, "MAX_SHARED_MEMORY_PER_BLOCK_OPTIN", _DEFAULT_SHARED_LIMIT))
+        return gpu_launch.SIMULATOR
+    return gpu_launch.Limits.of_device(cuda.get_current_device())
 
 
-def _plan_shared(cuda, problem, kernel, tile, threads, limit=None):
-    """(dynamic bytes, W_hh in shared?) for ``kernel``; W_hh goes to L2 when it does not fit."""
-    module = _CELL_MODULES[problem.cell]
-    limit = _shared_limit(cuda) if limit is None else limit
-    for w_in_shared in (True, False):
-        dynamic, static = module.shared_bytes(kernel, problem.dtype, tile, threads, problem.H, w_in_shared)
-        if dynamic + static <= limit:
-            return dynamic, w_in_shared
-    raise ValueError(f"{kernel} needs {dynamic + static} B of shared memory even with W_hh in "
-                     f"global memory (H={problem.H}, {tile} sequences x {threads} threads per "
-                     f"block) but a block may use {limit} B; lower config.GPU_SEQUENCES_PER_BLOCK")
+# ----------------------------------------------------------------------------------
+# launches
+# ----------------------------------------------------------------------------------
+def _compiled(kernel, args, declared_static, limits):
+    """(figures, compiled kernel) for these arguments; compiles on first use. Under the
+    simulator nothing is compiled: the declared static size stands in."""
+    if _cuda.is_simulator():
+        return gpu_launch.Figures(static_shared=declared_static, registers=0,
+                                  max_threads=limits.threads_per_block, source="declared (simulator)"), None
+    compiled = kernel.compile(tuple(kernel.typeof_pyval(a) for a in args))
+    return gpu_launch.device_figures(compiled), compiled
 
 
-def _allow_dynamic_shared(cuda, kernel, args, nbytes):
-    """Opt in to more than 48 KB of dynamic shared memory (real hardware only).
-
-    numba-cuda has no public API for it (numba-cuda issue 94); the driver call
-    below is the recipe from ../shared/NOTES.md, checked on an H200.
-    """
-    if nbytes <= _DEFAULT_SHARED_LIMIT or _cuda.is_simulator():
-        return
+def _allow_dynamic_shared(compiled, nbytes):
+    """Raise the kernel's dynamic shared-memory limit to ``nbytes`` (above 48 KB minus its
+    static size). numba-cuda has no public API for it (numba-cuda issue 94); this driver
+    call was checked on an H200."""
     from numba.cuda.cudadrv.driver import binding, driver
 
-    argtypes = tuple(kernel.typeof_pyval(a) for a in args)
-    cufunc = kernel.compile(argtypes)._codelibrary.get_cufunc()
+    cufunc = compiled._codelibrary.get_cufunc()
     driver.cuKernelSetAttribute(
         binding.CUfunction_attribute.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
         nbytes, cufunc.handle, cufunc.device.id)
 
 
-def _launch_recurrence(cuda, problem, kernels, name, args_before_flag, tile, threads, n_nets):
-    dynamic, w_in_shared = _plan_shared(cuda, problem, name, tile, threads)
-    args = (*args_before_flag, w_in_shared)
-    try:
-        _allow_dynamic_shared(cuda, kernels[name], args, dynamic)
-    except Exception as exc:  # an untested driver/binding combination: keep W_hh in L2
-        import warnings
+def _launch_recurrence(cuda, problem, kernel, role, args_before_flag, tile, threads, n_nets, limits):
+    """Plan (shared memory, registers, grid), compile, opt in if needed, launch."""
+    module = _cell_module(problem.cell)
+    label = f"the {problem.cell} {role} kernel ({problem.dtype.name})"
+    grid = gpu_launch.recurrence_grid(n_nets, problem.B, tile, limits)
+    limits = limits.with_shared_cap(config.GPU_MAX_SHARED_BYTES)
 
-        warnings.warn(f"shared-memory opt-in failed ({type(exc).__name__}: {exc}); "
-                      "reading W_hh from global memory", RuntimeWarning, stacklevel=2)
-        dynamic, w_in_shared = _plan_shared(cuda, problem, name, tile, threads, _DEFAULT_SHARED_LIMIT)
-        args = (*args_before_flag, w_in_shared)
-    grid = (n_nets, -(-problem.B // tile))
-    kernels[name][grid, threads, 0, dynamic](*args)
+    def plan(static, lim):
+        return gpu_launch.recurrence_plan(module, role, problem.dtype, tile, threads, problem.H, static,
+                                          lim, label)
+
+    # before compiling: everything the kernels keep in shared memory is dynamic
+    shared = plan(0, limits)
+    figures, compiled = _compiled(kernel, (*args_before_flag, shared.w_in_shared), 0, limits)
+    gpu_launch.check_figures(label, figures, threads, limits)
+    shared = plan(figures.static_shared, limits)
+    try:
+        if shared.opt_in:
+            _allow_dynamic_shared(compiled, shared.dynamic)
+        kernel[grid, threads, 0, shared.dynamic](*args_before_flag, shared.w_in_shared)
+        return shared
+    except Exception as exc:
+        if not shared.opt_in:
+            raise
+        cause = f"{type(exc).__name__}: {exc}"
+    # the opt-in or the launch with it failed (an untested driver/binding combination):
+    # plan again within 48 KB, W_hh in global memory
+    warnings.warn(f"{label}: the shared-memory opt-in failed ({cause}); planning within "
+                  f"{limits.shared_per_block:,} B", RuntimeWarning, stacklevel=3)
+    shared = plan(figures.static_shared, replace(limits, opt_in=False))
+    kernel[grid, threads, 0, shared.dynamic](*args_before_flag, shared.w_in_shared)
+    return shared
+    return shared
+
+
+def _launch_common(kernel, name, grid, block, args, threads, limits):
+    """Check a common kernel's own figures (static shared memory, registers), then launch;
+    ``threads`` is the block size of the other kernels (the factory's constant)."""
+    figures, _ = _compiled(kernel, args, gpu_common.common_static_bytes(name, threads), limits)
+    gpu_launch.check_figures(f"the {name} kernel", figures, gpu_common.block_threads(name, threads), limits)
+    gpu_launch.plan_shared(f"the {name} kernel", lambda w_in_shared: 0, figures.static_shared, limits)
+    kernel[grid, block](*args)
 
 
 # ----------------------------------------------------------------------------------
@@ -141,19 +174,18 @@ def _bytes_per_network(problem, with_gradients):
     B, T, D, H, K, G = problem.B, problem.T, problem.D, problem.H, problem.K, problem.G
     item = problem.dtype.itemsize
     words = G * H * (D + 2 * H + 2) + K * (H + 1) + B * T * D  # params (W_hh twice) and inputs
-    words += B * (T + 1) * H  # h
-    if problem.cell == "lstm":
-        words += B * (T + 1) * H + B * T * G * H  # c and the gates
+    words += sum(math.prod(shape) for shape in _cell_module(problem.cell).activation_shapes(B, T, H).values())
     total = words * item
     if with_gradients:
         steps = T if problem.loss == "every" else 1
+        profiles = len(cells.get(problem.cell).state)
         total += item * (B * T * G * H + B * steps * K)  # da mantissas, dlogits
-        total += 8 * (2 * B * T + 2 * B * (T + 1))  # da scales and weights, log profiles
+        total += 8 * (2 * B * T + profiles * B * (T + 1))  # da scales and weights, log profiles
         total += 8 * (G * H * (H + D + 1) + K * (H + 1) + 2 * B * steps + 1)  # gemm outputs, losses
     return total
 
 
-def _networks_per_chunk(cuda, problem, with_gradients):
+def _networks_per_chunk(cuda, problem, with_gradients, limits):
     per_network = _bytes_per_network(problem, with_gradients)
     budget = config.GPU_MEMORY_BUDGET_BYTES
     if budget is None:
@@ -164,7 +196,8 @@ def _networks_per_chunk(cuda, problem, with_gradients):
                          f"(B={problem.B}, T={problem.T}, H={problem.H}, D={problem.D}, "
                          f"cell={problem.cell}) but only {budget / 2**20:.1f} MiB may be used; "
                          "use fewer sequences or shorter ones")
-    return int(min(problem.E, budget // per_network)) if math.isfinite(budget) else problem.E
+    size = int(min(problem.E, budget // per_network)) if math.isfinite(budget) else problem.E
+    return min(size, gpu_launch.networks_per_launch(limits))
 
 
 def _chunks(E, size):
@@ -183,88 +216,72 @@ def _params_to_device(cuda, params, nets):
     return d_params
 
 
-def _run_forward(cuda, problem, kernels, d_params, d_x, n_nets, tile, threads):
-    """Forward recurrence of one chunk; returns the device activations."""
-    B, T, H = problem.B, problem.T, problem.H
-    acts = {"h": cuda.device_array((n_nets, B, T + 1, H), dtype=problem.dtype)}
-    weights = (d_params["weight_ih_l0"], d_params["weight_hh_t"],
-               d_params["bias_ih_l0"], d_params["bias_hh_l0"], d_x)
-    if problem.cell == "rnn":
-        _launch_recurrence(cuda, problem, kernels, "rnn_forward", (*weights, acts["h"]),
-                           tile, threads, n_nets)
-    else:
-        acts["c"] = cuda.device_array((n_nets, B, T + 1, H), dtype=problem.dtype)
-        acts["gates"] = cuda.device_array((n_nets, B, T, 4 * H), dtype=problem.dtype)
-        _launch_recurrence(cuda, problem, kernels, "lstm_forward",
-                           (*weights, acts["h"], acts["c"], acts["gates"]), tile, threads, n_nets)
+def _run_forward(cuda, problem, kernels, d_params, d_x, n_nets, tile, threads, limits):
+    """Forward recurrence of one chunk; returns the device activations by name."""
+    module = _cell_module(problem.cell)
+    acts = {name: cuda.device_array((n_nets, *shape), dtype=problem.dtype)
+            for name, shape in module.activation_shapes(problem.B, problem.T, problem.H).items()}
+    _launch_recurrence(cuda, problem, kernels["forward"], "forward", module.forward_args(d_params, d_x, acts),
+                       tile, threads, n_nets, limits)
     return acts
 
 
-def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads):
+def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads, limits):
     """All raw results of the networks ``nets`` (a slice), copied back once."""
     n = nets.stop - nets.start
-    B, T, H, K, G = problem.B, problem.T, problem.H, problem.K, problem.G
+    B, T, H, D, K, G = problem.B, problem.T, problem.H, problem.D, problem.K, problem.G
+    cell = cells.get(problem.cell)
+    module = _cell_module(problem.cell)
     every = problem.loss == "every"
     steps = T if every else 1
     h_offset = 1 if every else T  # output step j reads h_{j + h_offset}
+    grids = gpu_launch.common_grids(n, B, steps, H, D, G * H, K, threads, limits)
     kernels = _cell_kernels(problem.cell, problem.dtype.name, tile, threads)
     common = _common_kernels(threads)
     d_params = _params_to_device(cuda, params, nets)
     d_x = cuda.to_device(inputs[nets])
     d_targets = cuda.to_device(np.ascontiguousarray(targets[nets].reshape(n, B, steps)))
-    acts = _run_forward(cuda, problem, kernels, d_params, d_x, n, tile, threads)
+    acts = _run_forward(cuda, problem, kernels, d_params, d_x, n, tile, threads, limits)
 
-    out_blocks = -(-(B * steps) // threads)
     dlogits = cuda.device_array((n, B, steps, K), dtype=problem.dtype)
-    ce_partial = cuda.device_array((n, out_blocks), dtype=np.float64)
-    common["output_layer"][(n, out_blocks), threads](
-        d_params["weight_out"], d_params["bias_out"], acts["h"], h_offset, d_targets,
-        1.0 / (B * steps), dlogits, ce_partial)
+    ce_partial = cuda.device_array((n, grids.output_layer[0]), dtype=np.float64)
+    _launch_common(common["output_layer"], "output_layer", grids.output_layer, threads,
+                   (d_params["weight_out"], d_params["bias_out"], acts["h"], h_offset, d_targets,
+                    1.0 / (B * steps), dlogits, ce_partial), threads, limits)
 
     da = cuda.device_array((n, B, T, G * H), dtype=problem.dtype)
     da_scale = cuda.device_array((n, B, T), dtype=np.float64)
-    log_h = cuda.device_array((n, B, T + 1), dtype=np.float64)
-    if problem.cell == "rnn":
-        _launch_recurrence(cuda, problem, kernels, "rnn_backward",
-                           (d_params["weight_hh_l0"], d_params["weight_out"], acts["h"], dlogits,
-                            every, da, da_scale, log_h), tile, threads, n)
-    else:
-        log_c = cuda.device_array((n, B, T + 1), dtype=np.float64)
-        _launch_recurrence(cuda, problem, kernels, "lstm_backward",
-                           (d_params["weight_hh_l0"], d_params["weight_out"], acts["h"], acts["c"],
-                            acts["gates"], dlogits, every, da, da_scale, log_h, log_c),
-                           tile, threads, n)
+    profiles = {state: cuda.device_array((n, B, T + 1), dtype=np.float64) for state in cell.state}
+    _launch_recurrence(cuda, problem, kernels["backward"], "backward",
+                       module.backward_args(d_params, acts, dlogits, every, da, da_scale, profiles),
+                       tile, threads, n, limits)
 
     top = cuda.device_array(n, dtype=np.float64)
     row_weight = cuda.device_array((n, B, T), dtype=np.float64)
-    common["scale_weights"][n, threads](da_scale, top, row_weight)
+    _launch_common(common["scale_weights"], "scale_weights", grids.scale_weights, threads,
+                   (da_scale, log_weight_cutoff(problem.dtype), top, row_weight), threads, limits)
 
-    gemm = common["weight_gradient_gemm"]
     block = (gpu_common.GEMM_THREADS, gpu_common.GEMM_THREADS)
-    tiles = gpu_common.GEMM_TILE
-    rec = cuda.device_array((n, G * H, H + problem.D + 1), dtype=np.float64)
-    gemm[(n, -(-G * H // tiles), -(-(H + problem.D + 1) // tiles)), block](
-        da, row_weight, True, acts["h"], 0, d_x, True, rec)
+    rec = cuda.device_array((n, G * H, H + D + 1), dtype=np.float64)
+    _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grids.gemm_recurrent, block,
+                   (da, row_weight, True, acts["h"], 0, d_x, True, rec), threads, limits)
     outw = cuda.device_array((n, K, H + 1), dtype=np.float64)
-    gemm[(n, -(-K // tiles), -(-(H + 1) // tiles)), block](
-        dlogits, row_weight, False, acts["h"], h_offset, d_x, False, outw)
+    _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grids.gemm_output, block,
+                   (dlogits, row_weight, False, acts["h"], h_offset, d_x, False, outw), threads, limits)
 
     rec_host = rec.copy_to_host()
     outw_host = outw.copy_to_host()
-    D = problem.D
-    result = {
+    result = {  # bias_hh_l0 is left to rnnsim.logdomain.tie_biases (identity 4)
         "weight_hh_l0": rec_host[:, :, :H],
         "weight_ih_l0": rec_host[:, :, H:H + D],
         "bias_ih_l0": rec_host[:, :, H + D],
-        "bias_hh_l0": rec_host[:, :, H + D].copy(),
         "weight_out": outw_host[:, :, :H],
         "bias_out": outw_host[:, :, H],
         "log_scale": top.copy_to_host(),
         "loss": ce_partial.copy_to_host().sum(axis=1) / (B * steps),
-        "log_grad_norm": log_h.copy_to_host(),
     }
-    if problem.cell == "lstm":
-        result["log_grad_norm_c"] = log_c.copy_to_host()
+    for state, key in cell.profile_keys().items():
+        result[key] = profiles[state].copy_to_host()
     return result
 
 
@@ -282,40 +299,44 @@ def gradients(problem, params, inputs, targets):
     Returns
     -------
     dict
-        ``mantissas`` (the four recurrent gradients relative to ``exp(log_scale)``),
-        ``log_scale`` (E,), ``weight_out``, ``bias_out``, ``loss`` (E,),
-        ``log_grad_norm`` (E, B, T+1) and, for the lstm, ``log_grad_norm_c``.
+        ``mantissas`` (the recurrent gradients relative to ``exp(log_scale)``; the
+        ``bias_hh_l0`` copy is added by ``rnnsim.logdomain.assemble``),
+        ``log_scale`` (E,), ``weight_out``, ``bias_out``, ``loss`` (E,) and one
+        (E, B, T+1) log-norm profile per state component (``log_grad_norm``, and
+        ``log_grad_norm_c`` for the lstm).
 
     Notes
     -----
     The recurrent gradients are :math:`\sum_{b,t} e^{s_{bt} - S^*}\, \delta_{bt} \otimes
-    (h_{t-1}, x_t, 1)` with :math:`S^* = \max_{b,t} s_{bt}` per network, accumulated
-    in float64 on the device.
+    (h_{t-1}, x_t, 1)` with :math:`S^* = \max_{b,t} s_{bt}` per network (identity 2 of
+    :mod:`rnnsim.logdomain`, with its cutoff), accumulated in float64 on the device.
     """
     cuda = _require_gpu()
     threads, tile = _launch_config()
-    size = _networks_per_chunk(cuda, problem, with_gradients=True)
-    parts = [_chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads)
+    limits = _limits(cuda)
+    size = _networks_per_chunk(cuda, problem, True, limits)
+    parts = [_chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads, limits)
              for nets in _chunks(problem.E, size)]
     joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    raw = {k: joined.pop(k) for k in ("weight_out", "bias_out", "log_scale", "loss",
-                                      "log_grad_norm", "log_grad_norm_c") if k in joined}
+    plain = ("weight_out", "bias_out", "log_scale", "loss", *cells.get(problem.cell).profile_keys().values())
+    raw = {k: joined.pop(k) for k in plain}
     raw["mantissas"] = joined
     return raw
 
 
 def forward(problem, params, inputs):
-    """Hidden states ``h`` (E, B, T, H) and, for the lstm, ``c``, in the inputs' dtype."""
+    """Every state component (``h`` and, for the lstm, ``c``), (E, B, T, H) in the inputs' dtype."""
     cuda = _require_gpu()
     threads, tile = _launch_config()
-    size = _networks_per_chunk(cuda, problem, with_gradients=False)
+    limits = _limits(cuda)
+    size = _networks_per_chunk(cuda, problem, False, limits)
     kernels = _cell_kernels(problem.cell, problem.dtype.name, tile, threads)
     out = {k: np.empty((problem.E, problem.B, problem.T, problem.H), dtype=problem.dtype)
-           for k in (("h", "c") if problem.cell == "lstm" else ("h",))}
+           for k in cells.get(problem.cell).state}
     for nets in _chunks(problem.E, size):
         d_params = _params_to_device(cuda, params, nets)
         acts = _run_forward(cuda, problem, kernels, d_params, cuda.to_device(inputs[nets]),
-                            nets.stop - nets.start, tile, threads)
+                            nets.stop - nets.start, tile, threads, limits)
         for k in out:
             out[k][nets] = acts[k].copy_to_host()[:, :, 1:]
     return out
