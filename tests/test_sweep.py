@@ -27,7 +27,8 @@ def small_run(tmp_path_factory):
 
 
 def snapshot(folder):
-    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file()}
 
 
 # ------------------------------------------------------------------ parsing
@@ -63,9 +64,11 @@ def test_parse_scales_rejects(bad):
 def test_parse_cells():
     assert parse_cells("lstm,rnn") == ("rnn", "lstm")
     assert parse_cells(["lstm"]) == ("lstm",)
-    for bad in ("gru", "rnn,rnn", "rnn,", "", "rnn:lstm", 3):
+    for bad in ("gru", "rnn,rnn", "rnn,", "", "rnn:lstm"):
         with pytest.raises(ValueError, match="cell"):
             parse_cells(bad)
+    with pytest.raises(TypeError, match="cell"):  # a wrong type, not a bad value
+        parse_cells(3)
 
 
 # ------------------------------------------------------------------ configuration
@@ -76,22 +79,26 @@ def test_defaults_round_trip_through_the_manifest_form():
     assert set(config.as_dict()) == set(sweep.DEFAULTS)
 
 
-@pytest.mark.parametrize("key,value,match", [
-    ("hidden", 0, "hidden"), ("batch", -2, "batch"), ("seeds", 0, "seeds"), ("classes", True, "classes"),
-    ("input-size", 2.5, "input-size"), ("init", "xavier", "init"), ("loss", "mean", "loss"),
-    ("dtype", "float16", "dtype"), ("threshold", 0, "threshold"), ("input-scale", -1, "input-scale"),
-    ("bias-scale", math.nan, "bias-scale"), ("forget-bias", "x", "forget-bias"),
-    ("input_scale", 1.0, "unknown configuration key"),
+@pytest.mark.parametrize("key,value,error,match", [
+    ("hidden", 0, ValueError, "hidden"), ("batch", -2, ValueError, "batch"),
+    ("seeds", 0, ValueError, "seeds"),
+    ("classes", True, TypeError, "classes"),  # bool is never a number: a wrong type
+    ("input-size", 2.5, ValueError, "input-size"), ("init", "xavier", ValueError, "init"),
+    ("loss", "mean", ValueError, "loss"), ("dtype", "float16", ValueError, "dtype"),
+    ("threshold", 0, ValueError, "threshold"), ("input-scale", -1, ValueError, "input-scale"),
+    ("bias-scale", math.nan, ValueError, "bias-scale"), ("forget-bias", "x", ValueError, "forget-bias"),
+    ("input_scale", 1.0, ValueError, "unknown configuration key"),
 ])
-def test_config_rejects(key, value, match):
-    with pytest.raises(ValueError, match=match):
+def test_config_rejects(key, value, error, match):
+    with pytest.raises(error, match=match):
         SweepConfig.from_mapping({key: value})
 
 
 def test_load_config_file(tmp_path):
     good = tmp_path / "good.toml"
     good.write_text('hidden = 32\nlengths = [10, 20]\ninput-scale = 0.5\ndevice = "cpu"\n')
-    assert sweep.load_config_file(good) == {"hidden": 32, "lengths": [10, 20], "input-scale": 0.5, "device": "cpu"}
+    assert sweep.load_config_file(good) == {"hidden": 32, "lengths": [10, 20], "input-scale": 0.5,
+                                            "device": "cpu"}
     assert SweepConfig.from_mapping(sweep.load_config_file(good)).lengths == (10, 20)
     underscore = tmp_path / "u.toml"
     underscore.write_text("input_scale = 0.5\n")
@@ -199,7 +206,7 @@ def test_points_do_not_depend_on_the_rest_of_the_grid(small_run, tmp_path):
 
 def test_memory_split_calls_give_the_same_rows(small_run, tmp_path, monkeypatch):
     out, _ = small_run
-    monkeypatch.setattr(sweep, "CALL_MEMORY_BYTES", 1)  # one network per call
+    monkeypatch.setattr(sweep.plan, "CALL_MEMORY_BYTES", 1)  # one network per call
     stats = sweep.run_sweep(small_config(cell="rnn", lengths="5"), tmp_path / "split")
     assert stats["calls"] == 6
     split = {(r["scale"], r["seed"]): r["log10_ratio"] for r in sweep.read_summary(tmp_path / "split")}
@@ -229,8 +236,13 @@ def test_resume_computes_only_the_missing_points(small_run, tmp_path):
         assert a["log10_ratio"] == pytest.approx(b["log10_ratio"], rel=1e-12)
     manifest = sweep.read_manifest(out)
     assert manifest["status"] == "complete" and len(manifest["earlier_runs"]) == 1
-    # A finished sweep resumes to nothing.
-    assert sweep.run_sweep(small_config(), out, resume=True)["points_computed"] == 0
+    # A finished sweep resumes to nothing, and writes nothing: no new run entry (issue 8 G).
+    before = snapshot(out)
+    stats = sweep.run_sweep(small_config(), out, resume=True)
+    assert stats["points_computed"] == 0 and stats["calls"] == 0 and stats["nothing_to_do"] is True
+    assert stats["points_skipped"] == 24 and stats["kernel_share"] is None
+    assert snapshot(out) == before
+    assert len(sweep.read_manifest(out)["earlier_runs"]) == 1
 
 
 def test_resume_refuses_another_configuration(small_run, tmp_path):
@@ -302,7 +314,8 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 
 def test_orthogonal_and_every_loss_have_no_mean_field_ratio(tmp_path):
-    sweep.run_sweep(small_config(cell="rnn", lengths="6", scales="1", init="orthogonal", seeds=1), tmp_path / "o")
+    sweep.run_sweep(small_config(cell="rnn", lengths="6", scales="1", init="orthogonal", seeds=1),
+                    tmp_path / "o")
     (row,) = sweep.read_summary(tmp_path / "o")
     assert row["mf_chi"] is None and row["init"] == "orthogonal"
     sweep.run_sweep(small_config(cell="rnn", lengths="6", scales="1", loss="every", seeds=1,
