@@ -242,9 +242,9 @@ def plot_rates(rows, out: Path, config: SweepConfig):
 
 def _load(out: Path):
     """Read and validate everything the figures need: (config, rows, profiles at the longest T)."""
+    if not out.is_dir():
+        raise OSError(f"cannot read {out}: {'not a folder' if out.exists() else 'no such folder'}")
     if not (out / MANIFEST).is_file():
-        if not out.is_dir():
-            raise OSError(f"cannot read {out}: no such folder")
         raise OSError(f"{out} holds no {MANIFEST}; it is not an rnnsim results folder")
     config = manifest_config(out, read_manifest(out))
     rows = read_summary(out, config)
