@@ -83,13 +83,13 @@ def _has_forget_bias(cell: str) -> bool:
 
 def _edges(centres, log):
     """Cell edges around sorted centres (geometric midpoints on a log axis)."""
-    c = np.log(centres) if log else np.asarray(centres, dtype=float)
-    if len(c) == 1:
-        half = 0.1 * abs(c[0]) if not log else 0.2
-        e = np.array([c[0] - (half or 0.5), c[0] + (half or 0.5)])
+    points = np.log(centres) if log else np.asarray(centres, dtype=float)
+    if len(points) == 1:
+        half = 0.1 * abs(points[0]) if not log else 0.2
+        e = np.array([points[0] - (half or 0.5), points[0] + (half or 0.5)])
     else:
-        mid = 0.5 * (c[1:] + c[:-1])
-        e = np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
+        mid = 0.5 * (points[1:] + points[:-1])
+        e = np.concatenate([[points[0] - (mid[0] - points[0])], mid, [points[-1] + (points[-1] - mid[-1])]])
     return np.exp(e) if log else e
 
 
@@ -195,8 +195,8 @@ def plot_profiles(out: Path, config: SweepConfig, scales=None, profiles=None):
             ax.plot(t, mean, color=colour, lw=1.4, label=f"S = {s:g}")
             ax.fill_between(t, mean - spread, mean + spread, color=colour, alpha=0.2, lw=0)
             if _theory_applies(config, cell):
-                c = theory.chi(s, config.input_scale, config.bias_scale)
-                ax.plot(t, mean[T] + (T - t) * 0.5 * math.log10(c), color=colour, ls="--", lw=0.9)
+                chi = theory.chi(s, config.input_scale, config.bias_scale)
+                ax.plot(t, mean[T] + (T - t) * 0.5 * math.log10(chi), color=colour, ls="--", lw=0.9)
         if _theory_applies(config, cell):
             ax.plot([], [], color="0.3", ls="--", lw=0.9,
                     label=r"mean field slope $\frac{1}{2}\log_{10}\chi$")
@@ -252,7 +252,7 @@ def _load(out: Path):
         raise ValueError(f"{out} holds no finished points yet")
     done = {(r["cell"], r["T"]) for r in rows}
     longest = max(config.lengths)
-    missing = [c for c in config.cell if (c, longest) not in done]
+    missing = [cell for cell in config.cell if (cell, longest) not in done]
     if missing:
         raise ValueError(f"{out} has no finished points at T={longest} for {', '.join(missing)}; "
                          "finish the sweep with --resume first")

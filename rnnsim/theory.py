@@ -252,21 +252,21 @@ def timescale(chi_value):
     -----
     :math:`\mathbb{E}\|g_{t-k}\|^2 = e^{-k/\xi}\|g_t\|^2`.
     """
-    c = np.asarray(chi_value, dtype=np.float64)
+    chis = np.asarray(chi_value, dtype=np.float64)
     with np.errstate(divide="ignore"):
-        log_chi = np.log(c)
+        log_chi = np.log(chis)
         out = np.where(log_chi == 0.0, np.inf, -1.0 / np.where(log_chi == 0.0, 1.0, log_chi))
     return out[()] if out.ndim else float(out)
 
 
 def regime(chi_value) -> str:
     """'vanishing' (χ < 1), 'critical' (χ = 1), 'exploding' (χ > 1), or '' when χ is not a number."""
-    c = float(chi_value)
-    if c < 1.0:
+    value = float(chi_value)
+    if value < 1.0:
         return "vanishing"
-    if c > 1.0:
+    if value > 1.0:
         return "exploding"
-    return "critical" if c == 1.0 else ""
+    return "critical" if value == 1.0 else ""
 
 
 def _find_root(func, lo, hi, *, xtol, rtol, max_steps=200):
@@ -277,48 +277,48 @@ def _find_root(func, lo, hi, *, xtol, rtol, max_steps=200):
     fast enough, bisection otherwise. Stops when the bracket is narrower than
     xtol + rtol·|x|.
     """
-    a, b = float(lo), float(hi)
-    fa, fb = func(a), func(b)
-    if fa == 0.0:
-        return a
-    if fb == 0.0:
-        return b
-    if (fa > 0) == (fb > 0):
-        raise ValueError(f"no sign change of the function on [{a:g}, {b:g}]")
-    c, fc = a, fa
-    step = previous = b - a
+    last, best = float(lo), float(hi)  # the previous estimate and the best one
+    f_last, f_best = func(last), func(best)
+    if f_last == 0.0:
+        return last
+    if f_best == 0.0:
+        return best
+    if (f_last > 0) == (f_best > 0):
+        raise ValueError(f"no sign change of the function on [{last:g}, {best:g}]")
+    far, f_far = last, f_last  # the other end of the bracket around the root
+    step = step_before = best - last
     for _ in range(max_steps):
-        if (fb > 0) == (fc > 0):  # keep the root between b and c
-            c, fc = a, fa
-            step = previous = b - a
-        if abs(fc) < abs(fb):  # b is the best estimate so far
-            a, b, c = b, c, b
-            fa, fb, fc = fb, fc, fb
-        tol = 0.5 * (xtol + rtol * abs(b))
-        half = 0.5 * (c - b)
-        if abs(half) <= tol or fb == 0.0:
-            return b
-        if abs(previous) >= tol and abs(fa) > abs(fb):
-            s = fb / fa
-            if a == c:  # secant
+        if (f_best > 0) == (f_far > 0):  # keep the root between best and far
+            far, f_far = last, f_last
+            step = step_before = best - last
+        if abs(f_far) < abs(f_best):  # best must be the point with the smallest |f|
+            last, best, far = best, far, best
+            f_last, f_best, f_far = f_best, f_far, f_best
+        tol = 0.5 * (xtol + rtol * abs(best))
+        half = 0.5 * (far - best)
+        if abs(half) <= tol or f_best == 0.0:
+            return best
+        if abs(step_before) >= tol and abs(f_last) > abs(f_best):
+            s = f_best / f_last
+            if last == far:  # secant
                 p, q = 2.0 * half * s, 1.0 - s
-            else:  # inverse quadratic interpolation through a, b, c
-                qa, r = fa / fc, fb / fc
-                p = s * (2.0 * half * qa * (qa - r) - (b - a) * (r - 1.0))
-                q = (qa - 1.0) * (r - 1.0) * (s - 1.0)
+            else:  # inverse quadratic interpolation through last, best, far
+                q_last, r = f_last / f_far, f_best / f_far
+                p = s * (2.0 * half * q_last * (q_last - r) - (best - last) * (r - 1.0))
+                q = (q_last - 1.0) * (r - 1.0) * (s - 1.0)
             if p > 0:
                 q = -q
             else:
                 p = -p
-            if 2.0 * p < min(3.0 * half * q - abs(tol * q), abs(previous * q)):
-                previous, step = step, p / q
+            if 2.0 * p < min(3.0 * half * q - abs(tol * q), abs(step_before * q)):
+                step_before, step = step, p / q
             else:
-                previous = step = half
+                step_before = step = half
         else:
-            previous = step = half
-        a, fa = b, fb
-        b += step if abs(step) > tol else (tol if half > 0 else -tol)
-        fb = func(b)
+            step_before = step = half
+        last, f_last = best, f_best
+        best += step if abs(step) > tol else (tol if half > 0 else -tol)
+        f_best = func(best)
     raise RuntimeError(f"root finding did not converge in {max_steps} steps")
 
 
@@ -372,13 +372,13 @@ def mean_field(scale, input_scale=1.0, bias_scale=0.0):
     """
     S = np.atleast_1d(_check_scale(scale))
     q = np.atleast_1d(fixed_point(S, input_scale, bias_scale))
-    c = np.atleast_1d(chi(S, input_scale, bias_scale))
+    chis = np.atleast_1d(chi(S, input_scale, bias_scale))
     return {
         "scale": S,
         "q_star": q,
-        "chi": c,
-        "rate": 0.5 * np.log(c),
-        "log10_rate": 0.5 * np.log10(c),
-        "timescale": np.atleast_1d(timescale(c)),
+        "chi": chis,
+        "rate": 0.5 * np.log(chis),
+        "log10_rate": 0.5 * np.log10(chis),
+        "timescale": np.atleast_1d(timescale(chis)),
         "critical_scale": critical_scale(input_scale, bias_scale),
     }

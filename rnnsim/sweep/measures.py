@@ -158,7 +158,7 @@ GRADIENTS = Measure(
 
 def _chi_of_scale(config) -> dict:
     """χ of every scale of the sweep, computed once, over the whole array of scales."""
-    if not any(config.theory_applies(c) for c in config.cell):
+    if not any(config.theory_applies(cell) for cell in config.cell):
         return {}
     from .. import theory
     chis = np.atleast_1d(theory.chi(np.array(config.scales), config.input_scale, config.bias_scale))
@@ -170,12 +170,12 @@ def _mean_field(call: Call, chi_of_scale) -> Output:
     rows = []
     for scale, _seed in call.points:
         row = {"mf_chi": None, "mf_rate": None, "mf_log10_ratio": None, "mf_regime": ""}
-        c = chi_of_scale.get(scale) if config.theory_applies(call.cell) else None
-        if c is not None and math.isfinite(c) and c > 0:
-            row["mf_chi"] = c
-            row["mf_rate"] = 0.5 * math.log(c)
+        chi = chi_of_scale.get(scale) if config.theory_applies(call.cell) else None
+        if chi is not None and math.isfinite(chi) and chi > 0:
+            row["mf_chi"] = chi
+            row["mf_rate"] = 0.5 * math.log(chi)
             if config.loss == "last":  # with loss="every" h_0 also collects the early loss terms
-                row["mf_log10_ratio"] = call.T * 0.5 * math.log10(c)
+                row["mf_log10_ratio"] = call.T * 0.5 * math.log10(chi)
                 row["mf_regime"] = str(regime_of(row["mf_log10_ratio"], config.threshold))
         rows.append(row)
     return Output(rows)
@@ -223,7 +223,7 @@ def chosen(names=DEFAULT_MEASURES) -> tuple:
 
 def columns(names=DEFAULT_MEASURES) -> tuple:
     """Every summary column (:class:`Column`), in file order."""
-    return KEY_COLUMNS + tuple(c for m in chosen(names) for c in m.columns) + (PROFILE_COLUMN,)
+    return KEY_COLUMNS + tuple(column for m in chosen(names) for column in m.columns) + (PROFILE_COLUMN,)
 
 
 def profile_arrays(names=DEFAULT_MEASURES) -> tuple:
@@ -231,7 +231,7 @@ def profile_arrays(names=DEFAULT_MEASURES) -> tuple:
     return tuple(a for m in chosen(names) for a in m.arrays)
 
 
-SUMMARY_COLUMNS = tuple(c.name for c in columns())
+SUMMARY_COLUMNS = tuple(column.name for column in columns())
 """The columns of summary.csv, in order."""
 
-COLUMN_MEANINGS = {c.name: c.meaning for c in columns()}
+COLUMN_MEANINGS = {column.name: column.meaning for column in columns()}

@@ -69,8 +69,8 @@ class Plan:
         calls = []
         for cell in config.cell:
             for T in config.lengths:
-                pending = [(s, d) for s in config.scales for d in range(config.seeds)
-                           if (cell, T, s, d) not in done]
+                pending = [(scale, seed) for scale in config.scales for seed in range(config.seeds)
+                           if (cell, T, scale, seed) not in done]
                 step = self.networks_per_call[(cell, T)]
                 calls += [(cell, T, pending[i:i + step]) for i in range(0, len(pending), step)]
         return calls

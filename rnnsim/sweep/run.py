@@ -165,7 +165,7 @@ def _run(config, out, device, plan, calls, done, old_manifest, progress, wall_st
     total = sum(cost[c] * T * len(p) for c, T, p in calls)
     if progress is not None:
         progress(0, total, "")
-    grid = {(s, d) for s in config.scales for d in range(config.seeds)}
+    grid = {(scale, seed) for scale in config.scales for seed in range(config.seeds)}
     order = {c: i for i, c in enumerate(config.cell)}
     lines = {(order[r["cell"]], r["T"], r["scale"], r["seed"]): store.csv_line(r) for r in done.values()}
     caches = _Caches(config, plan)

@@ -209,8 +209,8 @@ def merge_profiles(out, cell, T, new: dict, grid: set) -> None:
     if path.is_file():
         old = read_profiles(out, cell, T)
         replaced = set(zip(new["scale"].tolist(), new["seed"].tolist()))
-        keep = np.array([(s, d) not in replaced and (s, d) in grid
-                         for s, d in zip(old["scale"].tolist(), old["seed"].tolist())], dtype=bool)
+        keep = np.array([key not in replaced and key in grid
+                         for key in zip(old["scale"].tolist(), old["seed"].tolist())], dtype=bool)
         new = {k: np.concatenate([old[k][keep], new[k]]) for k in new}
     order = np.lexsort((new["seed"], new["scale"]))
     new = {k: v[order] for k, v in new.items()}
