@@ -109,7 +109,7 @@ def read_summary(out, config: SweepConfig | None = None) -> list:
                 row = {}
                 for key, text in raw.items():
                     try:
-                        row[key] = _cell_value(_KINDS.get(key, float), text)
+                        row[key] = _cell_value(_KINDS.get(key, str), text)  # unknown columns stay text
                     except ValueError:
                         raise ValueError(f"line {reader.line_num}: {key} {text!r} is not a number") from None
                 rows.append(row)
