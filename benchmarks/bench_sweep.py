@@ -41,7 +41,8 @@ def main(argv=None) -> int:
     for key, value in sweep.DEFAULTS.items():
         parser.add_argument(f"--{key}", default=value, help=f"[default: {value}]")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeat", type=int, default=1, help="run the sweep this many times (first one may compile)")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the sweep this many times (first one may compile)")
     args = vars(parser.parse_args(argv))
     device, repeat = args.pop("device"), args.pop("repeat")
     config = sweep.SweepConfig.from_mapping({k.replace("_", "-"): v for k, v in args.items()})

@@ -1,11 +1,15 @@
-"""Figures: every file written, every axis labelled, every colorbar with a unit, theory only where it applies."""
+"""Figures: every file written, every axis labelled, every colorbar with a unit, theory only where it applies;
+validation before any write, atomic files, the folder's lock."""
+import os
+import shutil
+
 import numpy as np
 import pytest
 
-from rnnsim import plot, sweep, theory
+from rnnsim import cells, plot, sweep, theory
 from rnnsim.sweep import SweepConfig
 
-SMALL = {"cell": "rnn,lstm", "hidden": 8, "input-size": 3, "classes": 4, "batch": 3,
+SMALL = {"cell": ",".join(cells.names()), "hidden": 8, "input-size": 3, "classes": 4, "batch": 3,
          "lengths": "5,12,30", "scales": "0.5,1.5,2,2.5", "seeds": 2}
 
 
@@ -53,13 +57,13 @@ def _all_axes_labelled(fig):
 
 def test_writes_png_and_pdf_of_every_figure(default_plot):
     captured, paths = default_plot
+    stems = [f"phase_{c}" for c in cells.names()] + ["profiles", "rates"]
     names = sorted(p.name for p in paths)
-    assert names == sorted(f"{stem}.{ext}" for stem in ("phase_rnn", "phase_lstm", "profiles", "rates")
-                           for ext in ("png", "pdf"))
+    assert names == sorted(f"{stem}.{ext}" for stem in stems for ext in ("png", "pdf"))
     for p in paths:
         head = p.read_bytes()[:8]
         assert head.startswith(b"\x89PNG") if p.suffix == ".png" else head.startswith(b"%PDF")
-    assert set(captured) == {"phase_rnn", "phase_lstm", "profiles", "rates"}
+    assert set(captured) == set(stems)
     for fig in captured.values():
         _all_axes_labelled(fig)
 
@@ -76,12 +80,15 @@ def test_phase_diagram_is_centred_at_zero_with_theory_lines_for_the_rnn_only(res
     assert mesh.norm.vmin == -mesh.norm.vmax and mesh.norm.vmax == pytest.approx(max(np.abs(seed_mean)))
     assert mesh.norm(-1.0) == pytest.approx(1 - mesh.norm(1.0))
     s_c = theory.critical_scale(1.0, 0.0)
-    horizontal = [ln for ln in rnn_ax.get_lines() if len(set(ln.get_ydata())) == 1 and len(ln.get_ydata()) == 2]
+    horizontal = [ln for ln in rnn_ax.get_lines()
+                  if len(set(ln.get_ydata())) == 1 and len(ln.get_ydata()) == 2]
     assert any(abs(ln.get_ydata()[0] - s_c) < 1e-12 for ln in horizontal)
     legend = [t.get_text() for t in rnn_ax.get_legend().get_texts()]
     assert any("chi" in t for t in legend) and any("log_{10}" in t for t in legend)
-    lstm_legend = [t.get_text() for t in captured["phase_lstm"].axes[0].get_legend().get_texts()]
-    assert not any("mean field" in t for t in lstm_legend)
+    config = SweepConfig.from_mapping(SMALL)
+    for cell in cells.names():
+        legend = [t.get_text() for t in captured[f"phase_{cell}"].axes[0].get_legend().get_texts()]
+        assert any("mean field" in t for t in legend) == config.theory_applies(cell), cell
 
 
 def test_rates_figure_shows_the_measured_rates_and_the_theory_curve(default_plot):
@@ -118,3 +125,74 @@ def test_refuses_an_unfinished_sweep(tmp_path):
         plot.plot_results(out)
     with pytest.raises(OSError):
         plot.plot_results(tmp_path / "missing")
+
+
+def _figures(folder):
+    return {p.name: p.read_bytes() for p in folder.iterdir() if p.suffix in (".png", ".pdf")}
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda out: (out / "manifest.json").write_text("[1, 2]"), "manifest.json is not an rnnsim manifest"),
+    (lambda out: (out / "manifest.json").write_text("{"), "manifest.json is not valid JSON"),
+    (lambda out: (out / "summary.csv").write_text("cell,T\nrnn,5\n"), "summary.csv is damaged"),
+    (lambda out: _truncate(out / "profiles" / f"{cells.names()[-1]}_T30.npz"), "_T30.npz is damaged"),
+    (lambda out: _drop_array(out / "profiles" / f"{cells.names()[0]}_T30.npz", "scale"),
+     "_T30.npz is damaged: it lacks the array 'scale'"),
+])
+def test_a_damaged_folder_is_refused_before_any_figure_is_written(results, tmp_path, damage, words):
+    """Issue 8 C: one ValueError naming the file; no figure written, no old figure touched."""
+    out = tmp_path / "damaged"
+    shutil.copytree(results, out)
+    (out / "rates.png").write_bytes(b"old figure")  # pre-existing figures must stay as they are
+    (out / "profiles.pdf").write_bytes(b"old pdf")
+    damage(out)
+    before = _figures(out)
+    names = sorted(p.name for p in out.iterdir())
+    with pytest.raises(ValueError, match=words):
+        plot.plot_results(out)
+    assert _figures(out) == before and sorted(p.name for p in out.iterdir()) == names
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _drop_array(path, key):
+    with np.load(path) as archive:
+        kept = {k: archive[k] for k in archive.files if k != key}
+    np.savez(path, **kept)
+
+
+def test_a_folder_in_use_is_refused(results, tmp_path):
+    """Issue 8 F: plot does not read a folder that a sweep is writing."""
+    from rnnsim.sweep.lock import FolderLock
+    out = tmp_path / "busy"
+    shutil.copytree(results, out)
+    before = _figures(out)
+    with FolderLock(out, "sweep") as lock:
+        lock.claim()
+        with pytest.raises(sweep.FolderInUseError,
+                           match=rf"in use by another rnnsim sweep \(pid {os.getpid()}\)"):
+            plot.plot_results(out)
+    assert _figures(out) == before
+
+
+def test_figures_are_written_atomically(results, tmp_path, monkeypatch):
+    """Issue 8 D: every figure goes through a temp file and a rename; none is ever written in place."""
+    from rnnsim import _io
+    out = tmp_path / "atomic"
+    shutil.copytree(results, out)
+    renamed = []
+    real_replace = os.replace
+
+    def replace(src, dst):
+        assert os.path.basename(src).startswith(_io.TMP_PREFIX)
+        assert os.path.dirname(src) == os.path.dirname(dst)
+        renamed.append(os.path.basename(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    paths = plot.plot_results(out)
+    assert sorted(renamed) == sorted(p.name for p in paths)
+    assert not [p for p in out.iterdir() if p.name.startswith(_io.TMP_PREFIX)]

@@ -100,3 +100,78 @@ def test_bad_input_and_bias_scale():
         theory.critical_scale(1.0, math.nan)
     with pytest.raises(ValueError, match="forget_bias"):
         theory.forget_timescale(math.inf)
+
+
+def test_stored_rule_is_scipys():
+    """rnnsim._hermite holds roots_hermitenorm(3000)'s significant nodes, normalised (to the last bit)."""
+    from scipy.special import roots_hermitenorm
+    nodes, weights = roots_hermitenorm(theory.QUADRATURE_ORDER)
+    keep = weights > 1e-18 * weights.max()
+    np.testing.assert_allclose(theory._nodes, nodes[keep], rtol=4e-16, atol=0)
+    np.testing.assert_allclose(theory._weights, weights[keep] / math.sqrt(2 * math.pi), rtol=4e-16, atol=0)
+
+
+@pytest.mark.parametrize("q", [20.0001, 50.0, 100.0, 1e3, 1e4, 1e6, 1e9, 1e12])
+def test_large_q_expectations_match_adaptive_integration(q):
+    """Above LARGE_Q the u-space rule keeps 1e-13, where Gauss-Hermite alone loses everything by q = 1e4."""
+    assert theory._mean_sech4(q) == pytest.approx(_adaptive(theory._sech4, q), rel=1e-13)
+    assert theory._mean_tanh_sq(q) == pytest.approx(1 - _adaptive(theory._sech2, q), rel=1e-13)
+
+
+def test_switching_rules_leaves_small_q_untouched():
+    q = np.array([0.5, 7.0, 19.99, 25.0, 1e4])
+    small = q <= theory.LARGE_Q
+    for mean, func in ((theory._mean_sech4, theory._sech4), (theory._mean_tanh_sq, theory._tanh_sq)):
+        assert np.array_equal(mean(q)[small], theory.gaussian_expectation(func, q)[small])
+
+
+def test_chi_at_large_scale_explodes_like_the_asymptote():
+    """For large S, q* ≈ S² and χ ≈ S² · (4/3) / √(2π q*) ≈ 0.532 S: exploding, never 'vanishing'."""
+    for S in (10.0, 100.0, 1e3, 1e6):
+        c = theory.chi(S)
+        assert theory.regime(c) == "exploding"
+        assert c == pytest.approx(4 / 3 / math.sqrt(2 * math.pi) * S, rel=2 / S)
+
+
+def test_critical_scale_matches_scipy_brentq():
+    from scipy.optimize import brentq
+    for U, B in ((1.0, 0.0), (1.0, 0.5), (0.3, 2.0), (5.0, 0.0)):
+        hi = 2.0
+        while math.log(theory.chi(hi, U, B)) < 0:
+            hi *= 2
+        expected = brentq(lambda s: math.log(theory.chi(s, U, B)), 0.5, hi, xtol=1e-13,
+                          rtol=4 * np.finfo(float).eps)
+        assert theory.critical_scale(U, B) == pytest.approx(expected, abs=2e-13)
+
+
+def test_regime_never_labels_nan():
+    assert [theory.regime(c) for c in (0.5, 1.0, 2.0, math.nan)] == ["vanishing", "critical", "exploding", ""]
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: theory.chi(1e308), "scale must be finite, > 0 and <= 1e\\+06"),
+    (lambda: theory.chi(1.0, 1e200), "input_scale must be <= 1e\\+06"),
+    (lambda: theory.fixed_point(1.0, 1.0, 1e7), "bias_scale must be <= 1e\\+06"),
+    (lambda: theory.critical_scale(1e200), "input_scale must be <= 1e\\+06"),
+    (lambda: theory.forget_timescale(1e308), "forget_bias must be finite with \\|forget_bias\\| <= 1e\\+06"),
+])
+def test_out_of_range_values_are_refused(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("call", [lambda: theory.chi("x"), lambda: theory.chi(True),
+                                  lambda: theory.chi(1.0, [1.0]), lambda: theory.forget_timescale(None),
+                                  lambda: theory.critical_scale(True)])
+def test_wrong_types_are_type_errors(call):
+    with pytest.raises(TypeError):
+        call()
+
+
+def test_theory_loads_without_scipy():
+    import subprocess
+    import sys
+    code = ("import sys, rnnsim.theory as t; t.critical_scale(); t.mean_field([1.0, 2.0]); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'matplotlib', 'numba')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,8 +1,12 @@
 """The ``rnnsim`` command line: a Click group of thin commands.
 
 Commands parse their options, call the library, and report. Errors the user can
-fix (bad input, missing files, no GPU) end with exit code 2 and one line on
-stderr, never a traceback; set ``RNNSIM_DEBUG=1`` to see the traceback anyway.
+fix (bad input, missing or damaged files, a folder in use, sizes that cannot fit,
+no GPU) end with exit code 2 and one line on stderr, never a traceback; set
+``RNNSIM_DEBUG=1`` to see the traceback anyway.
+
+Each command imports its library modules inside the command function, so that
+``rnnsim --help`` and ``rnnsim theory`` load neither matplotlib nor the sweep runner.
 """
 from __future__ import annotations
 
@@ -11,6 +15,15 @@ import os
 import click
 
 from .. import __version__
+
+
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing key {exc}"
+    if isinstance(exc, MemoryError):
+        return f"out of memory{': ' + str(exc).splitlines()[0] if str(exc) else ''}; use smaller sizes"
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 class _Group(click.Group):
@@ -23,11 +36,10 @@ class _Group(click.Group):
             ctx.exit(2)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise
-        except (ValueError, TypeError, OSError, RuntimeError, KeyError) as exc:
+        except (ValueError, TypeError, OSError, RuntimeError, KeyError, MemoryError) as exc:
             if os.environ.get("RNNSIM_DEBUG"):
                 raise
-            message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            click.echo(f"Error: {message}", err=True)
+            click.echo(f"Error: {_one_line(exc)}", err=True)
             ctx.exit(2)
 
 

@@ -6,8 +6,9 @@ import os
 import click
 import numpy as np
 
-from .. import gradients
+from .. import cells
 from .._io import atomic_write
+from ..losses import LOSSES
 from ._common import device_option
 
 
@@ -42,7 +43,7 @@ def _load_array(path: str, what: str) -> np.ndarray:
 
 
 @click.command()
-@click.option("--cell", type=click.Choice(["rnn", "lstm"]), required=True, help="Recurrent cell.")
+@click.option("--cell", type=click.Choice(cells.names()), required=True, help="Recurrent cell.")
 @click.option("--params", "params_path", required=True, metavar="P.npz",
               help="np.savez of a torch state dict (weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0) "
                    "plus weight_out (K, H) and bias_out (K,); leading ensemble axis optional.")
@@ -51,7 +52,7 @@ def _load_array(path: str, what: str) -> np.ndarray:
 @click.option("--targets", "targets_path", required=True, metavar="Y.npy",
               help="Integer class targets: (B,) for --loss last, (B, T) for --loss every "
                    "(with a leading E axis when the params have one).")
-@click.option("--loss", type=click.Choice(["last", "every"]), default="last", show_default=True,
+@click.option("--loss", type=click.Choice(LOSSES), default="last", show_default=True,
               help="Cross-entropy at the final step, or averaged over every step.")
 @device_option
 @click.option("--out", "out_path", required=True, metavar="G.npz", help="Where to write the gradients.")
@@ -63,6 +64,8 @@ def grad(cell, params_path, inputs_path, targets_path, loss, device, out_path, f
     log_grad_norm (B, T+1), log_grad_norm_c (lstm) and log_grad_norm_params. When
     the files have no ensemble axis, neither has G.npz.
     """
+    from .. import gradients
+
     if os.path.exists(out_path) and not force:
         raise click.BadParameter(f"{out_path} already exists; pass --force to overwrite it",
                                  param_hint="--out")

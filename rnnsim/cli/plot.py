@@ -3,9 +3,6 @@ from __future__ import annotations
 
 import click
 
-from .. import plot as plot_lib
-from ..sweep import parse_scales
-
 
 @click.command()
 @click.argument("out", metavar="DIR")
@@ -14,13 +11,21 @@ from ..sweep import parse_scales
                    "[default: five across the range and the one nearest the critical scale]")
 @click.option("--quiet", is_flag=True, help="Do not list the files written.")
 def plot(out, scales, quiet):
-    """Write phase_<cell>, profiles and rates figures (PNG and PDF) into DIR."""
+    """Write phase_<cell>, profiles and rates figures (PNG and PDF) into DIR.
+
+    Every figure is written atomically; DIR is locked while they are drawn, so a
+    sweep still writing DIR is reported as in use.
+    """
+    from .._parse import parse_scales
+
     chosen = None
     if scales is not None:
         try:
             chosen = parse_scales(scales)
-        except ValueError as exc:
+        except (TypeError, ValueError) as exc:
             raise click.BadParameter(str(exc), param_hint="'--scales'") from None
+    from .. import plot as plot_lib
+
     paths = plot_lib.plot_results(out, scales=chosen)
     if not quiet:
         for path in paths:

@@ -5,91 +5,92 @@ import contextlib
 import sys
 
 import click
-from click.core import ParameterSource
 
-from .. import sweep as sweep_lib
+from .. import cells
+from .._validate import DEVICES
 from ..init import SCHEMES
 from ..losses import LOSSES
-from ._common import device_option
-
-DEFAULT_OUT = "rnnsim-sweep"
-_D = sweep_lib.DEFAULTS
+from ..sweep.config import DEFAULT_DEVICE, DEFAULT_OUT, DEFAULTS, DTYPES
 
 
 def _default(key):
-    return f"[default: {_D[key]}]"
+    return f"[default: {DEFAULTS[key]}]"
 
 
 @click.command()
-@click.option("--cell", metavar="LIST", help=f"Cells, a comma list of rnn, lstm. {_default('cell')}")
-@click.option("--hidden", type=int, metavar="H", help=f"Hidden size. {_default('hidden')}")
-@click.option("--input-size", type=int, metavar="D", help=f"Input size. {_default('input-size')}")
-@click.option("--classes", type=int, metavar="K", help=f"Output classes. {_default('classes')}")
-@click.option("--batch", type=int, metavar="B", help=f"Sequences per grid point. {_default('batch')}")
+@click.option("--cell", metavar="LIST",
+              help=f"Cells, a comma list of {', '.join(cells.names())}. {_default('cell')}")
+@click.option("--hidden", metavar="H", help=f"Hidden size. {_default('hidden')}")
+@click.option("--input-size", metavar="D", help=f"Input size. {_default('input-size')}")
+@click.option("--classes", metavar="K", help=f"Output classes. {_default('classes')}")
+@click.option("--batch", metavar="B", help=f"Sequences per grid point. {_default('batch')}")
 @click.option("--lengths", metavar="RANGE",
               help=f"Sequence lengths T: a comma list (25,50,100) or A:B:N, N log-spaced integers. "
                    f"{_default('lengths')}")
 @click.option("--scales", metavar="RANGE",
-              help=f"Init scales: a comma list or A:B:N, N evenly spaced. {_default('scales')}")
+              help=f"Init scales (0 < S <= 1e6): a comma list or A:B:N, N evenly spaced. "
+                   f"{_default('scales')}")
 @click.option("--init", type=click.Choice(SCHEMES), help=f"Recurrent init scheme. {_default('init')}")
-@click.option("--input-scale", type=float, metavar="U", help=f"W_ih ~ N(0, U²/D). {_default('input-scale')}")
-@click.option("--bias-scale", type=float, metavar="B", help=f"Bias ~ N(0, B²). {_default('bias-scale')}")
-@click.option("--forget-bias", type=float, metavar="F", help=f"LSTM forget-gate bias. {_default('forget-bias')}")
-@click.option("--seeds", type=int, metavar="N", help=f"Networks per (cell, T, scale): seeds 0..N-1. {_default('seeds')}")
-@click.option("--loss", type=click.Choice(LOSSES), help=f"Cross-entropy at the last step or every step. {_default('loss')}")
-@click.option("--threshold", type=float, metavar="DECADES",
+@click.option("--input-scale", metavar="U",
+              help=f"W_ih ~ N(0, U²/D), 0 <= U <= 1e6. {_default('input-scale')}")
+@click.option("--bias-scale", metavar="B", help=f"Bias ~ N(0, B²), 0 <= B <= 1e6. {_default('bias-scale')}")
+@click.option("--forget-bias", metavar="F", help=f"Forget-gate bias, |F| <= 1e6. {_default('forget-bias')}")
+@click.option("--seeds", metavar="N",
+              help=f"Networks per (cell, T, scale): seeds 0..N-1. {_default('seeds')}")
+@click.option("--loss", type=click.Choice(LOSSES),
+              help=f"Cross-entropy at the last step or every step. {_default('loss')}")
+@click.option("--threshold", metavar="DECADES",
               help=f"Regime labels: log10_ratio below -threshold vanishing, above +threshold exploding. "
                    f"{_default('threshold')}")
-@click.option("--dtype", type=click.Choice(sweep_lib.DTYPES), help=f"Compute dtype. {_default('dtype')}")
-@device_option
+@click.option("--dtype", type=click.Choice(DTYPES), help=f"Compute dtype. {_default('dtype')}")
+@click.option("--device", type=click.Choice(DEVICES),
+              help=f"Where to compute: cpu, cuda (error without a usable GPU) or auto. "
+                   f"[default: {DEFAULT_DEVICE}]")
 @click.option("--out", metavar="DIR", help=f"Results folder. [default: {DEFAULT_OUT}]")
 @click.option("--resume", is_flag=True, help="Continue the sweep in --out, skipping finished points.")
 @click.option("--overwrite", is_flag=True, help="Replace the results rnnsim wrote in --out.")
 @click.option("--config", "config_file", metavar="FILE",
-              help="TOML file with the same keys as the flags (input-scale = 1.0); explicit flags win.")
-@click.option("--quiet", is_flag=True, help="No progress bar and no report.")
-@click.pass_context
-def sweep(ctx, config_file, resume, overwrite, quiet, device, out, **flags):
+              help="TOML file with the same keys as the flags (input-scale = 1.0), and out, device, quiet; "
+                   "explicit flags win.")
+@click.option("--quiet", is_flag=True, default=None, help="No progress bar and no report.")
+def sweep(config_file, resume, overwrite, **flags):
     """Phase diagram of vanishing/exploding gradients over sequence length × init scale.
 
     Writes manifest.json, summary.csv and profiles/*.npz into --out; every finished
     point is on disk before the next starts, so a killed sweep continues with --resume.
-    Then run `rnnsim plot DIR`.
+    The folder is locked while the sweep runs. Then run `rnnsim plot DIR`.
     """
-    table = sweep_lib.load_config_file(config_file) if config_file is not None else {}
-    mapping = {key: value for key, value in table.items() if key in _D}
-    mapping.update({name.replace("_", "-"): value for name, value in flags.items() if value is not None})
-    config = sweep_lib.SweepConfig.from_mapping(mapping)
+    from .. import sweep as sweep_lib
 
-    if ctx.get_parameter_source("device") is ParameterSource.DEFAULT and "device" in table:
-        device = table["device"]
-    if out is None:
-        out = table.get("out", DEFAULT_OUT)
-    if not isinstance(out, str) or not out:
-        raise click.BadParameter(f"out must be a folder name, got {out!r}", param_hint="'out'")
-    if not isinstance(table.get("quiet", False), bool):
-        raise ValueError(f"config file {config_file}: quiet must be true or false")
-    quiet = quiet or table.get("quiet", False)
+    table = sweep_lib.load_config_file(config_file) if config_file is not None else {}
+    explicit = {name.replace("_", "-"): value for name, value in flags.items() if value is not None}
+    config, run = sweep_lib.configure(table, explicit)
 
     err = sys.stderr
-    hidden = quiet or not err.isatty()
+    hidden = run.quiet or not err.isatty()
     with contextlib.ExitStack() as stack:
         bar = None
+        done = 0.0
 
         def progress(advance, total, label):
-            nonlocal bar
-            if bar is None:
+            nonlocal bar, done
+            if bar is None:  # the bar counts whole units of the library's (fractional) work estimate
                 bar = stack.enter_context(click.progressbar(
-                    length=max(total, 1), label="sweep", file=err, hidden=hidden, show_eta=True,
+                    length=max(round(total), 1), label="sweep", file=err, hidden=hidden, show_eta=True,
                     item_show_func=lambda item: item))
-            bar.update(advance, label or None)
+            done += advance
+            bar.update(round(done) - bar.pos, label or None)
 
-        stats = sweep_lib.run_sweep(config, out, device=device, resume=resume, overwrite=overwrite,
+        stats = sweep_lib.run_sweep(config, run.out, device=run.device, resume=resume, overwrite=overwrite,
                                     progress=progress)
-    if not quiet:
+    if run.quiet:
+        return
+    counts = (f"{stats['points_total']} points ({stats['points_computed']} computed, "
+              f"{stats['points_skipped']} already done)")
+    if stats.get("nothing_to_do"):
+        click.echo(f"{counts}: nothing left to do, every point of {run.out} is finished")
+    else:
         share = stats["kernel_share"]
-        click.echo(f"{stats['points_total']} points ({stats['points_computed']} computed, "
-                   f"{stats['points_skipped']} already done) in {stats['wall_seconds']:.1f} s, "
-                   f"{100 * share:.0f}% of it inside the kernels; results in {out}")
-        click.echo(f"next: rnnsim plot {out}")
-
+        inside = f", {100 * share:.0f}% of it inside the kernels" if share is not None else ""
+        click.echo(f"{counts} in {stats['wall_seconds']:.1f} s{inside}; results in {run.out}")
+    click.echo(f"next: rnnsim plot {run.out}")

@@ -1,0 +1,227 @@
+"""The configuration of a sweep: defaults, TOML files, validation, and the run options.
+
+One spelling everywhere: the keys of a ``--config`` TOML file, of
+``manifest.json["config"]`` and of the mappings below are the command-line flag
+names without the leading dashes (``input-scale``, not ``input_scale``). ``cell``,
+``lengths`` and ``scales`` take the flag's string syntax or a list. Precedence:
+explicit flags > TOML > :data:`DEFAULTS`. Unknown keys are an error.
+
+Two kinds of keys: the :data:`DEFAULTS` keys shape the results (a resume must
+match them), and the :data:`RUN_KEYS` (``out``, ``device``, ``quiet``) say where and
+how to run. :func:`configure` is the one place that applies both, for the command
+line and for library callers alike.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+from .. import cells
+from .._parse import (
+    MAX_SCALE,
+    finite_float,
+    parse_bool,
+    parse_cells,
+    parse_lengths,
+    parse_scales,
+    positive_int,
+)
+from .._validate import DEVICES, check_choice
+from ..init import SCHEMES
+from ..losses import LOSSES
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10, whose stdlib has no TOML reader
+    tomllib = None
+
+DTYPES = ("float64", "float32")
+
+DEFAULTS = {
+    "cell": ",".join(cells.names()),
+    "hidden": 64,
+    "input-size": 8,
+    "classes": 10,
+    "batch": 8,
+    "lengths": "10:1000:11",
+    "scales": "0.5:3:26",
+    "init": "gaussian",
+    "input-scale": 1.0,
+    "bias-scale": 0.0,
+    "forget-bias": 1.0,
+    "seeds": 2,
+    "loss": "last",
+    "threshold": 1.0,
+    "dtype": "float64",
+}
+"""Defaults of every key that shapes the results (flag names as keys)."""
+
+RUN_KEYS = ("device", "out", "quiet")
+"""Keys that say where and how to run, not what: not compared by resume."""
+
+DEFAULT_OUT = "rnnsim-sweep"
+DEFAULT_DEVICE = "cpu"
+
+
+def _scale_like(key):
+    return lambda value: finite_float(key, value, minimum=0.0, maximum=MAX_SCALE)
+
+
+_PARSERS = {
+    "cell": parse_cells,
+    "hidden": lambda value: positive_int("hidden", value),
+    "input-size": lambda value: positive_int("input-size", value),
+    "classes": lambda value: positive_int("classes", value),
+    "batch": lambda value: positive_int("batch", value),
+    "lengths": parse_lengths,
+    "scales": parse_scales,
+    "init": lambda value: check_choice("init", value, SCHEMES),
+    "input-scale": _scale_like("input-scale"),
+    "bias-scale": _scale_like("bias-scale"),
+    "forget-bias": lambda value: finite_float("forget-bias", value, minimum=-MAX_SCALE, maximum=MAX_SCALE),
+    "seeds": lambda value: positive_int("seeds", value),
+    "loss": lambda value: check_choice("loss", value, LOSSES),
+    "threshold": lambda value: finite_float("threshold", value, minimum=0.0, strict=True),
+    "dtype": lambda value: check_choice("dtype", value, DTYPES),
+}
+"""Validation of each configuration key: value -> the canonical value, or a one-line error."""
+
+
+def _parse_out(value) -> str:
+    if isinstance(value, Path):
+        value = str(value)
+    if not isinstance(value, str):
+        raise TypeError(f"out must be a folder name, got {type(value).__name__} {value!r}")
+    if not value.strip():
+        raise ValueError("out must be a folder name, got an empty string")
+    return value
+
+
+_RUN_PARSERS = {
+    "out": _parse_out,
+    "device": lambda value: check_choice("device", value, DEVICES),
+    "quiet": lambda value: parse_bool("quiet", value),
+}
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    """The validated configuration of a sweep: every setting that shapes the results."""
+
+    cell: tuple
+    hidden: int
+    input_size: int
+    classes: int
+    batch: int
+    lengths: tuple
+    scales: tuple
+    init: str
+    input_scale: float
+    bias_scale: float
+    forget_bias: float
+    seeds: int
+    loss: str
+    threshold: float
+    dtype: str
+
+    @classmethod
+    def from_mapping(cls, mapping) -> "SweepConfig":
+        """Build from flag-named keys; missing keys take :data:`DEFAULTS`.
+
+        :data:`RUN_KEYS` are allowed and ignored here: they are not part of the
+        configuration. Use :func:`configure` (or pass the mapping to
+        :func:`rnnsim.sweep.run_sweep`) to apply them as well.
+        """
+        if not isinstance(mapping, Mapping):
+            raise TypeError(f"a sweep configuration must be a mapping of flag names, "
+                            f"got {type(mapping).__name__}")
+        unknown = sorted(str(k) for k in mapping if k not in DEFAULTS and k not in RUN_KEYS)
+        if unknown:
+            raise ValueError(f"unknown configuration key(s): {', '.join(unknown)}")
+        merged = {**DEFAULTS, **{k: v for k, v in mapping.items() if k in DEFAULTS}}
+        return cls(**{key.replace("-", "_"): parse(merged[key]) for key, parse in _PARSERS.items()})
+
+    def as_dict(self) -> dict:
+        """JSON-ready, with flag names as keys (the form stored in the manifest)."""
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            out[f.name.replace("_", "-")] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @property
+    def n_points(self) -> int:
+        return len(self.cell) * len(self.lengths) * len(self.scales) * self.seeds
+
+    def theory_applies(self, cell: str) -> bool:
+        """Whether the mean-field theory describes this cell's points: the registry names a
+        theory for the cell (:attr:`rnnsim.cells.Cell.theory`) and W_hh is gaussian."""
+        return bool(cells.get(cell).theory) and self.init == "gaussian"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how to run a sweep (the :data:`RUN_KEYS`); they never change the results."""
+
+    out: str = DEFAULT_OUT
+    device: str = DEFAULT_DEVICE
+    quiet: bool = False
+
+
+def configure(*layers) -> tuple:
+    """The configuration and run options of a sweep from layers of flag-named settings.
+
+    Each layer is a mapping such as the table of a TOML file or the flags a user
+    gave; later layers win, and :data:`DEFAULTS` (and :class:`RunOptions`' defaults)
+    fill the rest. Both the command line and :func:`rnnsim.sweep.run_sweep` call
+    this, so a TOML file's ``out``, ``device`` and ``quiet`` mean the same to both.
+
+    Returns
+    -------
+    (SweepConfig, RunOptions)
+    """
+    merged = {}
+    for layer in layers:
+        if layer is None:
+            continue
+        if not isinstance(layer, Mapping):
+            raise TypeError(f"sweep settings must be mappings of flag names, got {type(layer).__name__}")
+        merged.update(layer)
+    config = SweepConfig.from_mapping(merged)
+    options = RunOptions(**{key: parse(merged[key]) for key, parse in _RUN_PARSERS.items() if key in merged})
+    return config, options
+
+
+def load_config_file(path) -> dict:
+    """Read a TOML file of settings; its keys must be flag names (see the module notes).
+
+    Every value is checked here, and an error names the file. Returns the table as
+    read (pass it to :func:`configure` or :func:`rnnsim.sweep.run_sweep`).
+
+    Raises ``OSError`` if the file cannot be read and ``ValueError``/``TypeError`` for
+    invalid TOML, unknown keys, or bad values.
+    """
+    path = Path(path)
+    if tomllib is None:  # pragma: no cover
+        raise RuntimeError("reading a TOML config file needs Python 3.11 or newer (tomllib)")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise OSError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        table = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"config file {path} is not valid TOML: {' '.join(str(exc).split())}") from None
+    allowed = set(DEFAULTS) | set(RUN_KEYS)
+    for key, value in table.items():
+        if key not in allowed:
+            hint = f"; did you mean {key.replace('_', '-')!r}?" if key.replace("_", "-") in allowed else ""
+            raise ValueError(f"config file {path}: unknown key {key!r}{hint} "
+                             f"(allowed: {', '.join(sorted(allowed))})")
+        parse = _PARSERS.get(key) or _RUN_PARSERS[key]
+        try:
+            parse(value)
+        except (TypeError, ValueError) as exc:
+            raise type(exc)(f"config file {path}: {exc}") from None
+    return table

@@ -1,0 +1,216 @@
+"""Running a sweep: data, networks, ensemble calls, measures, and the results folder."""
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from .. import cells
+from ..engine import gradients, resolve_device
+from ..init import init_params
+from . import measures, store
+from .config import SweepConfig, configure
+from .plan import plan_sweep
+from .provenance import now, provenance
+
+DATA_STREAM = 0xDA7A  # spawn-key tag that separates the data streams from init_params' streams
+
+
+def make_data(T, seed, batch, input_size, classes, loss="last", dtype="float64"):
+    """Inputs (batch, T, input_size) ~ N(0, 1) and uniform targets for one (T, seed).
+
+    Targets are (batch,) for ``loss="last"`` and (batch, T) for ``loss="every"``.
+    The stream is ``SeedSequence(seed, spawn_key=(DATA_STREAM, T))``.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(DATA_STREAM, int(T))))
+    x = rng.standard_normal((batch, T, input_size)).astype(dtype)
+    y = rng.integers(0, classes, size=(batch,) if loss == "last" else (batch, T))
+    return x, y
+
+
+def _compute_gradients(config, cell, T, points, device, networks, data):
+    """The "gradients" computation of one call: one :func:`rnnsim.gradients` call over its networks."""
+    params = {k: np.concatenate([p[k] for p in networks]) for k in networks[0]}
+    inputs = np.stack([data[seed][0] for _, seed in points])
+    targets = np.stack([data[seed][1] for _, seed in points])
+    return gradients(cell, params, inputs, targets, loss=config.loss, device=device)
+
+
+COMPUTATIONS = {"gradients": _compute_gradients}
+"""What measures may need computed, by name: (config, cell, T, points, device, networks, data) -> result."""
+
+
+class _Caches:
+    """Networks kept from one T to the next (one cell at a time), and data kept across one T's calls."""
+
+    def __init__(self, config, plan):
+        self.config, self.plan = config, plan
+        self.networks, self.network_cell = {}, None
+        self.data, self.data_T = {}, None
+
+    def networks_for(self, cell, points):
+        config = self.config
+        if self.network_cell != cell:
+            self.networks, self.network_cell = {}, cell
+        keep = self.plan.keep_networks[cell]
+        found = []
+        for scale, seed in points:
+            params = self.networks.get((scale, seed))
+            if params is None:
+                params = init_params(
+                    cell, config.hidden, config.input_size, config.classes, 1, scheme=config.init,
+                    scale=scale, input_scale=config.input_scale, bias_scale=config.bias_scale,
+                    forget_bias=config.forget_bias, seed=seed, dtype=config.dtype)
+                if keep:
+                    self.networks[(scale, seed)] = params
+            found.append(params)
+        return found
+
+    def data_for(self, T, points):
+        config = self.config
+        if self.data_T != T or not self.plan.keep_data[T]:
+            self.data, self.data_T = {}, T
+        for _, seed in points:
+            if seed not in self.data:
+                self.data[seed] = make_data(T, seed, config.batch, config.input_size, config.classes,
+                                            config.loss, config.dtype)
+        return self.data
+
+
+def _settings(config, out, device):
+    """(SweepConfig, RunOptions) from a SweepConfig or a mapping of flag names; explicit arguments win."""
+    explicit = {k: v for k, v in (("out", out), ("device", device)) if v is not None}
+    if isinstance(config, SweepConfig):
+        return config, configure(explicit)[1]
+    if isinstance(config, Mapping):
+        return configure(config, explicit)
+    raise TypeError(f"config must be a SweepConfig or a mapping of flag names, got {type(config).__name__}")
+
+
+def run_sweep(config, out=None, *, device=None, resume=False, overwrite=False, progress=None) -> dict:
+    """Run the sweep ``config`` into the results folder ``out``.
+
+    Parameters
+    ----------
+    config : SweepConfig or mapping
+        A mapping of flag-named keys (for example the table of
+        :func:`rnnsim.sweep.load_config_file`) may also hold the run keys ``out``,
+        ``device`` and ``quiet``; they apply exactly as on the command line
+        (:func:`rnnsim.sweep.configure`), below the explicit arguments here.
+    out : path, optional
+        The results folder (default: the mapping's ``out``, else ``rnnsim-sweep``);
+        created if missing. An existing results folder needs ``resume`` (continue
+        it; the configuration must match) or ``overwrite`` (replace the files
+        rnnsim wrote there; other files are left alone).
+    device : {"cpu", "cuda", "auto"}, optional
+        Default: the mapping's ``device``, else "cpu".
+    progress : callable, optional
+        Called as ``progress(advance, total, label)`` once with ``advance=0`` before
+        the first call and then after every ensemble call; ``advance`` and ``total``
+        are in units of estimated work (network·steps weighted by the cells' cost).
+
+    Returns
+    -------
+    dict
+        ``points_total``, ``points_computed``, ``points_skipped``, ``calls``,
+        ``wall_seconds`` (the whole call), ``kernel_seconds`` (inside
+        :func:`rnnsim.gradients`), ``kernel_share`` (None without calls). Also stored
+        in the manifest. A resume of a finished sweep writes nothing and returns
+        ``calls == 0`` and ``nothing_to_do`` True.
+
+    Notes
+    -----
+    Every check (configuration, device, memory, folder) happens before the first
+    byte is written; the folder is locked for the whole run (see
+    :mod:`rnnsim.sweep.store`). See :mod:`rnnsim.sweep.plan` for how points are
+    grouped into ensemble calls.
+    """
+    wall_start = time.perf_counter()
+    config, options = _settings(config, out, device)
+    resolved = resolve_device(options.device)
+    plan = plan_sweep(config, resolved)
+    out = Path(options.out)
+    with store.open_sweep(out, config, resume=resume, overwrite=overwrite) as folder:
+        calls = plan.calls(config, folder.done)
+        if (resume and not calls and folder.manifest.get("status") == "complete"
+                and (out / store.SUMMARY).is_file()):  # nothing left to do: write nothing
+            return {"points_total": config.n_points, "points_computed": 0, "points_skipped": config.n_points,
+                    "calls": 0, "wall_seconds": time.perf_counter() - wall_start, "kernel_seconds": 0.0,
+                    "kernel_share": None, "nothing_to_do": True}
+        folder.start()
+        return _run(config, out, resolved, plan, calls, folder.done, folder.manifest, progress, wall_start)
+
+
+def _run(config, out, device, plan, calls, done, old_manifest, progress, wall_start):
+    chosen = measures.chosen()
+    prepared = {m.name: m.prepare(config) for m in chosen}
+    needed = [name for name in COMPUTATIONS if any(name in m.needs for m in chosen)]
+    earlier = [{k: old_manifest.get(k) for k in ("started", "finished", "status", "device", "device_name",
+                                                 "git_commit", "versions", "stats")}] if old_manifest else []
+    manifest = {
+        "format": store.MANIFEST_FORMAT,
+        "tool": "rnnsim sweep",
+        "config": config.as_dict(),
+        "points_total": config.n_points,
+        "status": "running",
+        "started": now(), "finished": None, **provenance(device), "dtype": config.dtype,
+        "stats": None,
+        "earlier_runs": old_manifest.get("earlier_runs", []) + earlier,
+    }
+    store.write_json(out / store.MANIFEST, manifest)
+
+    cost = {c: cells.get(c).cost for c in config.cell}
+    total = sum(cost[c] * T * len(p) for c, T, p in calls)
+    if progress is not None:
+        progress(0, total, "")
+    grid = {(scale, seed) for scale in config.scales for seed in range(config.seeds)}
+    order = {c: i for i, c in enumerate(config.cell)}
+    lines = {(order[r["cell"]], r["T"], r["scale"], r["seed"]): store.csv_line(r) for r in done.values()}
+    caches = _Caches(config, plan)
+    kernel_seconds, computed = 0.0, 0
+    for cell, T, points in calls:
+        networks = caches.networks_for(cell, points)
+        data = caches.data_for(T, points)
+        results = {}
+        for name in needed:
+            start = time.perf_counter()
+            results[name] = COMPUTATIONS[name](config, cell, T, points, device, networks, data)
+            kernel_seconds += time.perf_counter() - start
+        call = measures.Call(config, cell, T, tuple(points), results)
+        outputs = [m.evaluate(call, prepared[m.name]) for m in chosen]
+        arrays = {"scale": np.array([p[0] for p in points], dtype=np.float64),
+                  "seed": np.array([p[1] for p in points], dtype=np.int64)}
+        for output in outputs:
+            arrays.update(output.arrays)
+        # Profiles first: a summary row never points at a profile that is not on disk.
+        store.merge_profiles(out, cell, T, arrays, grid)
+        for e, (scale, seed) in enumerate(points):
+            row = {"cell": cell, "init": config.init, "hidden": config.hidden, "T": T, "scale": scale,
+                   "seed": seed}
+            for output in outputs:
+                row.update(output.rows[e])
+            row["profile_file"] = store.profile_name(cell, T)
+            lines[(order[cell], T, scale, seed)] = store.csv_line(row)
+        ordered = [lines[k] for k in sorted(lines)]
+        store.atomic_write(out / store.SUMMARY, lambda fh: fh.write(store.summary_bytes(ordered)))
+        computed += len(points)
+        if progress is not None:
+            progress(cost[cell] * T * len(points), total, f"{cell} T={T}")
+
+    if not calls and not (out / store.SUMMARY).is_file():
+        store.atomic_write(out / store.SUMMARY, lambda fh: fh.write(store.summary_bytes([])))
+    wall = time.perf_counter() - wall_start
+    stats = {
+        "points_total": config.n_points,
+        "points_computed": computed,
+        "points_skipped": config.n_points - computed,
+        "calls": len(calls),
+        "wall_seconds": wall,
+        "kernel_seconds": kernel_seconds,
+        "kernel_share": kernel_seconds / wall if wall > 0 and calls else None,
+    }
+    manifest.update(status="complete", finished=now(), stats=stats)
+    store.write_json(out / store.MANIFEST, manifest)
+    return stats
