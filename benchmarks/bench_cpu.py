@@ -1,7 +1,7 @@
 """CPU benchmark: forward + BPTT for an ensemble, against baselines timed in the same run.
 
 Workload (issue 2): E=16 networks x B=16 sequences, H=64, D=8, T=256, K=4, loss "last",
-float64 and float32, rnn and lstm. Baselines:
+float64 and float32, every registered cell (rnn, lstm, gru). Baselines:
 
 - the NumPy float64 reference (``rnnsim.reference``);
 - torch CPU autograd with the same distinct weights per network: a ``torch.bmm``
@@ -13,7 +13,8 @@ float64 and float32, rnn and lstm. Baselines:
 It also measures the machine's GEMM rate (numpy matmul of 2048^2 matrices) and
 prints rnnsim's rate as a share of it. FLOPs counted per (network, sequence, step):
 forward 2GH(D+H), backward 2GH·H (dL/dh) + 2GH·H (dW_hh) + 2GH·D (dW_ih), i.e.
-6GH·H + 4GH·D with G = 1 (rnn) or 4 (lstm); element-wise work is not counted.
+6GH·H + 4GH·D with G the cell's gate blocks (1 rnn, 4 lstm, 3 gru); element-wise work is
+not counted (the gru's second recurrent-side product for its n block adds 2H·H per step).
 
 Usage::
 
@@ -77,7 +78,16 @@ def torch_bmm_baseline(cell, params, x, y):
         w_ih_t = p["weight_ih_l0"].transpose(1, 2)
         w_hh_t = p["weight_hh_l0"].transpose(1, 2)
         bias = (p["bias_ih_l0"] + p["bias_hh_l0"]).unsqueeze(1)
+        b_ih, b_hh = p["bias_ih_l0"].unsqueeze(1), p["bias_hh_l0"].unsqueeze(1)
         for t in range(T):
+            if cell == "gru":  # b_hn sits inside r * (W_hn h + b_hn): the biases stay apart
+                x_side = torch.bmm(xs[:, :, t], w_ih_t) + b_ih
+                h_side = torch.bmm(h, w_hh_t) + b_hh
+                x_r, x_z, x_n = x_side.chunk(3, dim=2)
+                h_r, h_z, h_n = h_side.chunk(3, dim=2)
+                r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+                h = (1 - z) * torch.tanh(x_n + r * h_n) + z * h
+                continue
             a = torch.bmm(xs[:, :, t], w_ih_t) + torch.bmm(h, w_hh_t) + bias
             if cell == "rnn":
                 h = torch.tanh(a)
@@ -103,6 +113,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="fewer repeats, skip the NumPy reference")
+    parser.add_argument("--cells", default=",".join(cells.names()), help="comma list of cells to time")
     args = parser.parse_args()
     repeats = 5 if args.quick else args.repeats
     try:
@@ -118,7 +129,7 @@ def main():
     rows = []
     for dtype in (np.float64, np.float32):
         peak = gemm_rate(dtype)
-        for cell in cells.names():
+        for cell in args.cells.split(","):
             params = rnnsim.init_params(cell, H, D, K, E, seed=0, dtype=dtype)
             rng = np.random.default_rng(1)
             x = rng.standard_normal((E, B, T, D)).astype(dtype)

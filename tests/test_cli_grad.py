@@ -4,12 +4,13 @@ import itertools
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from helpers import make_problem
 
 import rnnsim
 from rnnsim import cells
 from rnnsim.cli import main
 from rnnsim.losses import LOSSES
+
+from helpers import make_problem
 
 
 def _run(*args):

@@ -15,11 +15,12 @@ import math
 
 import numpy as np
 import pytest
-from helpers import assert_outputs_close, make_problem
 
 from rnnsim import cells, config, forward, gradients, init_params, logdomain, reference
 from rnnsim._validate import check_problem
 from rnnsim.kernels import gpu, gpu_launch
+
+from helpers import assert_outputs_close, make_problem
 
 pytestmark = pytest.mark.cudasim
 
