@@ -71,7 +71,7 @@ def _bad_cases(tmp_path):
     yield "missing params file", _with_params(tmp_path, "nope.npz"), "no such file"
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     yield "unreadable params", _with_params(tmp_path, "junk.npz"), "cannot read"
-    yield "unknown cell", ["grad", "--cell", "gru"] + _args(tmp_path)[3:], "'gru' is not one of"
+    yield "unknown cell", ["grad", "--cell", "elman"] + _args(tmp_path)[3:], "'elman' is not one of"
     yield "wrong cell for weights", _args(tmp_path, "rnn"), "weight_hh_l0"
     yield "unknown loss", _args(tmp_path, "lstm", "--loss", "mean"), "'mean' is not one of"
     yield "unknown device", _args(tmp_path, "lstm", "--device", "tpu"), "'tpu' is not one of"

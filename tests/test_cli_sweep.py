@@ -56,7 +56,7 @@ BAD_FLAGS = [
     ("--lengths", "1:2"), ("--lengths", "10,abc"), ("--lengths", "5,5"), ("--scales", "0.5:x:3"),
     ("--scales", "1:3"), ("--hidden", "0"), ("--batch", "-1"), ("--classes", "0"), ("--input-size", "0"),
     ("--seeds", "0"), ("--scales", "0,1"), ("--scales", "-1"), ("--lengths", "0,5"), ("--threshold", "0"),
-    ("--input-scale", "-1"), ("--hidden", "many"), ("--cell", "gru"), ("--cell", "rnn,rnn"),
+    ("--input-scale", "-1"), ("--hidden", "many"), ("--cell", "elman"), ("--cell", "rnn,rnn"),
     ("--init", "xavier"), ("--loss", "mean"), ("--dtype", "float16"), ("--device", "gpu"),
 ]
 
