@@ -6,32 +6,10 @@ import math
 import numpy as np
 
 from . import _memory, cells
+from ._parse import MAX_SCALE, finite_float, parse_int, positive_int
 from ._validate import check_choice
 
 SCHEMES = ("gaussian", "orthogonal", "uniform", "identity")
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _finite_float(name, value):
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v):
-        raise ValueError(f"{name} must be finite, got {value!r}")
-    return v
-
-
-def _nonneg_float(name, value, *, positive=False):
-    v = _finite_float(name, value)
-    if v < 0 or (positive and v == 0):
-        raise ValueError(f"{name} must be {'> 0' if positive else '>= 0'} and finite, got {value!r}")
-    return v
 
 
 def _orthogonal(rng, n):
@@ -103,17 +81,16 @@ def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, schem
     """
     spec = cells.get(cell)
     scheme = check_choice("scheme", scheme, SCHEMES)
-    H = _positive_int("hidden_size", hidden_size)
-    D = _positive_int("input_size", input_size)
-    K = _positive_int("num_classes", num_classes)
-    E = _positive_int("ensemble", ensemble)
-    scale = _nonneg_float("scale", scale, positive=True)
-    input_scale = _nonneg_float("input_scale", input_scale)
-    bias_scale = _nonneg_float("bias_scale", bias_scale)
-    gate_bias = {"forget_bias": _finite_float("forget_bias", forget_bias),
-                 "update_bias": _finite_float("update_bias", update_bias)}
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    H = positive_int("hidden_size", hidden_size)
+    D = positive_int("input_size", input_size)
+    K = positive_int("num_classes", num_classes)
+    E = positive_int("ensemble", ensemble)
+    scale = finite_float("scale", scale, minimum=0.0, strict=True, maximum=MAX_SCALE)
+    input_scale = finite_float("input_scale", input_scale, minimum=0.0, maximum=MAX_SCALE)
+    bias_scale = finite_float("bias_scale", bias_scale, minimum=0.0, maximum=MAX_SCALE)
+    gate_bias = {name: finite_float(name, value, minimum=-MAX_SCALE, maximum=MAX_SCALE)
+                 for name, value in (("forget_bias", forget_bias), ("update_bias", update_bias))}
+    seed = parse_int("seed", seed, minimum=0)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"dtype must be float32 or float64, got {dtype}")
@@ -123,7 +100,7 @@ def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, schem
                     f"init_params({cell!r}, hidden_size={H}, input_size={D}, num_classes={K}, ensemble={E})")
     out = {k: np.zeros(s, dtype=np.float64) for k, s in spec.param_shapes(E, H, D, K).items()}
     for e in range(E):
-        rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(e,)))
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(e,)))
         for k in range(G):
             out["weight_hh_l0"][e, k * H:(k + 1) * H] = _recurrent_block(rng, scheme, scale, H)
         out["weight_ih_l0"][e] = rng.standard_normal((G * H, D)) * (input_scale / math.sqrt(D))

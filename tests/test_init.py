@@ -64,9 +64,16 @@ def test_forget_bias_lands_in_the_forget_rows():
     (dict(input_scale=-1.0), ValueError, "input_scale"),
     (dict(seed=-3), ValueError, "seed"),
     (dict(dtype=np.int32), TypeError, "dtype"),
-    (dict(forget_bias="big"), TypeError, "forget_bias"),
+    (dict(forget_bias="big"), ValueError, "forget_bias"),
+    (dict(update_bias=[1.0]), TypeError, "update_bias"),
+    (dict(scale=True), TypeError, "scale"),
+    (dict(scale=1e200), ValueError, "scale"),
+    (dict(hidden_size=2.5), ValueError, "hidden_size"),
+    (dict(seed="x"), ValueError, "seed"),
 ])
 def test_bad_arguments(kw, exc, words):
+    """The same parsers as the sweep and the CLI (rnnsim._parse): numeric strings are
+    numbers, bool never is, and the message starts with the argument's name."""
     args = dict(cell="rnn", hidden_size=3, input_size=2, num_classes=2)
     args.update(kw)
     with pytest.raises(exc, match=words):
@@ -89,3 +96,10 @@ def test_memory_limit_is_a_tunable(monkeypatch):
         rnnsim.init_params("rnn", 64, 8, 4, 2)
     monkeypatch.setattr(config, "MEMORY_LIMIT_BYTES", None)
     assert rnnsim.init_params("rnn", 64, 8, 4, 2)["weight_hh_l0"].shape == (2, 64, 64)
+
+
+def test_numbers_may_come_as_strings():
+    a = rnnsim.init_params("rnn", "3", 2, 2, 1, scale="1.5", seed="4")
+    b = rnnsim.init_params("rnn", 3, 2, 2, 1, scale=1.5, seed=4)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
