@@ -231,8 +231,11 @@ def test_grids_of_large_problems_fit(B, T, loss):
     for threads, tile in [DEFAULT, *BOUNDARY]:
         for cell in cells.names():
             G, H, D, K = cells.get(cell).G, 128, 16, 10
+            rows = cells.get(cell).kernels("gpu").recurrent_only_rows(H)
             _within(gpu_launch.recurrence_grid(n, B, tile))
-            grids = gpu_launch.common_grids(n, B, steps, H, D, G * H, K, threads)
+            grids = gpu_launch.common_grids(n, B, steps, H, D, G * H, K, threads,
+                                            hh_rows=rows.stop - rows.start)
+            assert hasattr(grids, "gemm_recurrent_hh") == (not cells.get(cell).folded_bias)
             for grid in vars(grids).values():
                 _within(grid)
             assert grids.output_layer[0] * threads >= B * steps  # every pair has a thread
