@@ -5,16 +5,18 @@ Usage (on a machine with a GPU; see benchmarks/run_on_gpu.sh)::
     PYTHONPATH=. python benchmarks/bench_gpu.py            # the issue's workload
     NUMBA_ENABLE_CUDASIM=1 PYTHONPATH=. python benchmarks/bench_gpu.py --small   # smoke test
 
-1. Correctness of ``device="cuda"`` against ``device="cpu"`` at H=128, T=512 (both
-   cells, both dtypes, loss="every", a small E*B so the CPU side is quick): the
+1. Correctness of ``device="cuda"`` against ``device="cpu"`` at H=128, T=512 (every
+   registered cell, both dtypes, loss="every", a small E*B so the CPU side is quick): the
    worst error over every output key, relative to tolerance (abs + rel*|ref|),
    with PASS/FAIL.
 2. Timing of forward + BPTT for E=64, B=32, H=128, D=16, T=512 (K=10, loss="last"),
-   float32 and float64, both cells: rnnsim (the whole ``rnnsim.gradients`` call,
-   host copies included), torch (a) distinct weights per network (a ``torch.bmm``
-   loop over time plus autograd) and (b) cuDNN nn.RNN/nn.LSTM with one shared
-   weight set for all E*B sequences. Medians of ``--repeats`` runs after a warm-up,
-   with torch.cuda.synchronize around every torch run.
+   float32 and float64, every cell (rnn, lstm, gru): rnnsim (the whole
+   ``rnnsim.gradients`` call, host copies included), torch (a) distinct weights per
+   network (a ``torch.bmm`` loop over time plus autograd; the gru keeps b_ih and b_hh
+   apart, b_hn inside r * (W_hn h + b_hn), as torch.nn.GRU) and (b) cuDNN
+   nn.RNN/nn.LSTM/nn.GRU with one shared weight set for all E*B sequences. Medians of
+   ``--repeats`` runs after a warm-up, with torch.cuda.synchronize around every torch run.
+   ``--cells`` picks some of the cells.
 
 ``--small`` runs the same code paths at tiny shapes (under the simulator the torch
 GPU parts are skipped with a message). ``--sanitize`` runs every cell's kernels once
@@ -65,11 +67,11 @@ def worst_error(got, want, dtype):
     return worst, worst_key
 
 
-def check_correctness(shape):
+def check_correctness(shape, names):
     print(f"\n== correctness, cuda vs cpu, {shape} ==")
     ok = True
     for dtype in (np.float64, np.float32):
-        for cell in cells.names():
+        for cell in names:
             params, inputs, targets = problem(cell, dtype, loss="every", **shape)
             t0 = time.perf_counter()
             got = rnnsim.gradients(cell, params, inputs, targets, loss="every", device="cuda")
@@ -111,6 +113,7 @@ def torch_distinct(torch, cell, dtype, shape, device):
 
     w_ih, w_hh = rand(E, D, G * H, scale=D ** -0.5), rand(E, H, G * H, scale=H ** -0.5)
     bias, w_out = rand(E, 1, G * H, scale=0.1), rand(E, H, K, scale=H ** -0.5)
+    bias_hh = rand(E, 1, G * H, scale=0.1)  # the gru's own b_hh (the other cells fold it into bias)
     x = torch.randn(T, E, B, D, generator=gen, device=device, dtype=tdt)
     targets = torch.randint(0, K, (E * B,), generator=gen, device=device)
 
@@ -118,6 +121,12 @@ def torch_distinct(torch, cell, dtype, shape, device):
         h = torch.zeros(E, B, H, device=device, dtype=tdt)
         c = torch.zeros_like(h)
         for t in range(T):
+            if cell == "gru":  # b_hn sits inside r * (W_hn h + b_hn): the biases stay apart
+                x_r, x_z, x_n = torch.baddbmm(bias, x[t], w_ih).chunk(3, dim=-1)
+                h_r, h_z, h_n = torch.baddbmm(bias_hh, h, w_hh).chunk(3, dim=-1)
+                r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+                h = (1 - z) * torch.tanh(x_n + r * h_n) + z * h
+                continue
             a = torch.baddbmm(bias, x[t], w_ih) + torch.bmm(h, w_hh)
             if cell == "rnn":
                 h = torch.tanh(a)
@@ -132,10 +141,10 @@ def torch_distinct(torch, cell, dtype, shape, device):
 
 
 def torch_cudnn(torch, cell, dtype, shape, device):
-    """(b) cuDNN nn.RNN / nn.LSTM, one shared weight set for all E*B sequences."""
+    """(b) cuDNN nn.RNN / nn.LSTM / nn.GRU, one shared weight set for all E*B sequences."""
     E, B, T, D, H, K = (shape[k] for k in ("E", "B", "T", "D", "H", "K"))
     tdt = getattr(torch, np.dtype(dtype).name)
-    layer = (torch.nn.LSTM if cell == "lstm" else torch.nn.RNN)(D, H, batch_first=True)
+    layer = getattr(torch.nn, cell.upper())(D, H, batch_first=True)  # RNN, LSTM, GRU
     layer = layer.to(device=device, dtype=tdt)
     head = torch.nn.Linear(H, K).to(device=device, dtype=tdt)
     x = torch.randn(E * B, T, D, device=device, dtype=tdt)
@@ -149,7 +158,7 @@ def torch_cudnn(torch, cell, dtype, shape, device):
     return run
 
 
-def benchmark(shape, repeats, small):
+def benchmark(shape, repeats, small, names):
     print(f"\n== forward + BPTT timing, {shape}, loss='last', median of {repeats} ==")
     try:
         import torch
@@ -168,7 +177,7 @@ def benchmark(shape, repeats, small):
     sync = torch.cuda.synchronize if baseline_device == "cuda" else (lambda: None)
     rows = []
     for dtype in (np.float32, np.float64):
-        for cell in cells.names():
+        for cell in names:
             params, inputs, targets = problem(cell, dtype, loss="last", **shape)
             ours = median_time(lambda: rnnsim.gradients(cell, params, inputs, targets, device="cuda"),
                                repeats)
@@ -193,17 +202,17 @@ def _without_w_hh_cap(cell, dtype, H):
                for role in ("forward", "backward"))
 
 
-def sanitize():
+def sanitize(names):
     """Every cell, both dtypes, both losses, once, at shapes that keep compute-sanitizer
     quick: 2 networks x 11 sequences (two tiles, the second padded), H = 20, T = 5;
-    then W_hh forced into global memory; then H = 128 (lstm float32: above 48 KB, the
-    opt-in). True when the cuda and cpu results agree everywhere."""
+    then W_hh forced into global memory; then H = 128 (lstm backward and gru forward
+    float32: above 48 KB, the opt-in). True when the cuda and cpu results agree everywhere."""
     shape = dict(E=2, B=11, T=5, D=3, H=20, K=4)
     ok = True
     for label, global_w_hh, sizes in [("W_hh in shared", False, shape), ("W_hh in global", True, shape),
                                       ("H=128 (opt-in)", False, dict(shape, E=1, B=9, T=3, H=128))]:
         for dtype in (np.float32, np.float64):
-            for cell in cells.names():
+            for cell in names:
                 cap = _without_w_hh_cap(cell, dtype, sizes["H"]) if global_w_hh else None
                 config.GPU_MAX_SHARED_BYTES = cap
                 for loss in ("last", "every"):
@@ -238,13 +247,16 @@ def main():
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration")
     parser.add_argument("--sanitize", action="store_true",
                         help="run every kernel once at small shapes (for compute-sanitizer), nothing else")
+    parser.add_argument("--cells", default=",".join(cells.names()),
+                        help="comma list of cells (default: every registered cell)")
     args = parser.parse_args()
+    names = [cells.get(name).name for name in args.cells.split(",")]  # unknown names: ValueError
     reason = gpu.unavailable_reason()
     if reason is not None:
         raise SystemExit(f"bench_gpu.py needs a GPU or the simulator: {reason}")
     if args.sanitize:
         print(f"device: {device_name()}")
-        ok = sanitize()
+        ok = sanitize(names)
         print("sanitize:", "PASS" if ok else "FAIL")
         raise SystemExit(0 if ok else 1)
     if args.small:
@@ -256,8 +268,8 @@ def main():
         bench = dict(E=64, B=32, T=512, D=16, H=128, K=10)
         repeats = args.repeats or 5
     print(f"device: {device_name()}")
-    ok = check_correctness(check)
-    benchmark(bench, repeats, args.small)
+    ok = check_correctness(check, names)
+    benchmark(bench, repeats, args.small, names)
     print("\ncorrectness:", "PASS" if ok else "FAIL")
     raise SystemExit(0 if ok else 1)
 

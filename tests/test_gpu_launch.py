@@ -231,8 +231,11 @@ def test_grids_of_large_problems_fit(B, T, loss):
     for threads, tile in [DEFAULT, *BOUNDARY]:
         for cell in cells.names():
             G, H, D, K = cells.get(cell).G, 128, 16, 10
+            rows = cells.get(cell).kernels("gpu").recurrent_only_rows(H)
             _within(gpu_launch.recurrence_grid(n, B, tile))
-            grids = gpu_launch.common_grids(n, B, steps, H, D, G * H, K, threads)
+            grids = gpu_launch.common_grids(n, B, steps, H, D, G * H, K, threads,
+                                            hh_rows=rows.stop - rows.start)
+            assert hasattr(grids, "gemm_recurrent_hh") == (not cells.get(cell).folded_bias)
             for grid in vars(grids).values():
                 _within(grid)
             assert grids.output_layer[0] * threads >= B * steps  # every pair has a thread
@@ -328,3 +331,15 @@ def test_device_figures_match_the_link(linker):
                 want = gpu_launch.sm90_build(cell, role, dtype, tile, threads)[1]
                 assert (got.registers, got.static_shared) == (want.registers, want.static_shared)
                 assert got.max_threads >= threads
+
+
+def test_gru_at_the_benchmark_shape(linker):
+    """H = 128 at 128 threads x 8 sequences: the gru forward keeps its 3H x H W_hh in shared
+    memory in float32 (204,800 B, with the opt-in); both backward kernels read W_hh from
+    global memory, since 3H^2 words, their buffers and the float64 reduction region exceed
+    232,448 B, and the float32 one then fits within 48 KB."""
+    _, forward = gpu_launch.plan_without_gpu("gru", "forward", "float32", 8, 128, 128)
+    assert forward.w_in_shared and forward.opt_in and forward.total == 204_800
+    for dtype, opt_in in (("float32", False), ("float64", True)):
+        _, backward = gpu_launch.plan_without_gpu("gru", "backward", dtype, 8, 128, 128)
+        assert not backward.w_in_shared and backward.opt_in == opt_in

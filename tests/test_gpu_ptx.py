@@ -14,8 +14,8 @@ from rnnsim import cells, config
 from rnnsim.kernels import _cuda, gpu, gpu_common, gpu_launch
 
 ROLES = ("forward", "backward")
-INTERFACE = ("make_kernels", "kernel_signatures", "dynamic_shared_bytes", "activation_shapes",
-             "forward_args", "backward_args")
+INTERFACE = ("make_kernels", "kernel_signatures", "dynamic_shared_bytes", "recurrent_only_rows",
+             "activation_shapes", "forward_args", "backward_args")
 
 
 def _nvvm_reason():
@@ -65,6 +65,35 @@ def test_every_cell_module_has_the_uniform_interface(cell):
     assert set(funcs) == set(module.kernel_signatures(np.float64)) == set(ROLES)
     shapes = module.activation_shapes(3, 5, 7)
     assert set(cells.get(cell).state) <= set(shapes)
+
+
+@pytest.mark.parametrize("cell", cells.names())
+def test_recurrent_only_rows_agree_with_the_bias_fold(cell):
+    """A cell whose biases fold has one set of rows for both sides; one whose biases do
+    not (the gru) names the gate block whose recurrent-side rows differ, inside W_hh."""
+    spec = cells.get(cell)
+    module = spec.kernels("gpu")
+    for H in (1, 5, 128):
+        rows = module.recurrent_only_rows(H)
+        assert isinstance(rows, slice) and rows.step is None
+        assert 0 <= rows.start <= rows.stop <= spec.G * H
+        assert (rows.stop > rows.start) == (not spec.folded_bias)
+    if cell == "gru":  # δu = δa^n ⊙ r: the n block
+        assert module.recurrent_only_rows(7) == spec.gate_rows("n", 7)
+
+
+def test_backward_args_pass_the_recurrent_side_rows_only_where_they_differ():
+    """The gru's backward kernel takes the δu rows after the input-side rows; a folded
+    cell's kernel never sees them (the driver passes None)."""
+    params = {k: k for k in ("weight_hh_l0", "weight_out")}
+    acts = {"h": "h", "c": "c", "gates": "gates", "u": "u"}
+    for cell in cells.names():
+        spec = cells.get(cell)
+        args = spec.kernels("gpu").backward_args(params, acts, "dlogits", True, "da", "da_hh", "scale",
+                                                 {s: f"log_{s}" for s in spec.state})
+        assert args.count("da") == 1 and ("da_hh" in args) == (not spec.folded_bias)
+        if "da_hh" in args:
+            assert args.index("da_hh") == args.index("da") + 1
 
 
 def test_every_common_kernel_is_listed():

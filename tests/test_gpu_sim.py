@@ -6,7 +6,10 @@ imported::
 
     NUMBA_ENABLE_CUDASIM=1 pytest tests/test_gpu_sim.py
 
-Without the simulator and without a GPU the whole module is skipped. The
+Without the simulator and without a GPU the whole module is skipped. Every cell of
+the registry runs every generic test; the end of the module adds what is specific to
+a cell whose biases do not fold (the gru): its own bias_hh gradient and the direct
+path z ⊙ δh of its backward, checked against analytic values. The
 simulator runs every thread in Python, so the shapes are tiny and the launch
 configuration is shrunk (2-4 threads, 2 sequences per block) so that several
 blocks, sequence tiles, thread strides and padded tiles are still exercised.
@@ -176,3 +179,87 @@ def test_scale_weights_apply_the_cutoff_of_identity_2(dtype):
     np.testing.assert_allclose(weights, want_weights, rtol=1e-15, atol=0)
     assert weights[0, 1, 1] == 0.0 and weights[0, 2, 3] == 0.0 and weights[0, 1, 2] > 0.0
     assert np.count_nonzero(weights[1]) == 1
+
+
+# ----------------------------------------------------------------------------------
+# what is specific to a cell whose biases do not fold (the gru)
+# ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", CELLS)
+def test_raw_results_carry_bias_hh_only_where_the_biases_do_not_fold(cell):
+    """The driver returns its own bias_hh_l0 mantissa for the gru (from the recurrent-side
+    rows); for a folded cell it leaves the copy to logdomain.tie_biases."""
+    params, inputs, targets = make_problem(cell, E=1, B=1, T=2, D=1, H=2, K=2)
+    problem = check_problem(cell, params, inputs, targets, "last")[0]
+    raw = gpu.gradients(problem, params, inputs, targets)
+    assert ("bias_hh_l0" in raw["mantissas"]) == (not cells.get(cell).folded_bias)
+    assert set(raw["mantissas"]) <= set(logdomain.RECURRENT_KEYS)
+
+
+def _gru_with_a_constant_update_gate(dtype, update_bias, reset_bias, T=8, H=4, D=2, K=3, E=2, B=3):
+    """W_hh = 0, zero inputs, and biases zero except b_iz = ``update_bias`` and b_ir =
+    ``reset_bias``: h stays 0, z = σ(update_bias) and r = σ(reset_bias) in every unit and step."""
+    params = init_params("gru", H, D, K, E, seed=4, dtype=dtype)
+    spec = cells.get("gru")
+    params["weight_hh_l0"][:] = 0
+    params["bias_ih_l0"][:] = 0
+    params["bias_hh_l0"][:] = 0
+    params["bias_ih_l0"][:, spec.gate_rows("z", H)] = update_bias
+    params["bias_ih_l0"][:, spec.gate_rows("r", H)] = reset_bias
+    params["bias_out"][:] = np.linspace(-0.5, 0.5, K, dtype=dtype)
+    inputs = np.zeros((E, B, T, D), dtype=dtype)
+    targets = np.arange(E * B).reshape(E, B) % K
+    return params, inputs, targets
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+@pytest.mark.parametrize("update_bias", [2.0, -1.0])
+def test_gru_direct_path_alone_gives_an_exact_log_ratio(update_bias):
+    """With W_hh = 0 the backward map is δh_{t-1} = z ⊙ δh_t alone: the profile falls by
+    exactly ln σ(b_z) per step, so a kernel that dropped (or doubled) the direct path
+    fails. The gradients are analytic too: dW_ih = 0 (x = 0), dW_hh = 0 (h = 0), the r
+    and z rows of db_hh equal those of db_ih, and the n rows are db_hn = r ⊙ db_in."""
+    T, reset_bias = 8, 0.7
+    params, inputs, targets = _gru_with_a_constant_update_gate(np.float64, update_bias, reset_bias, T=T)
+    got = gradients("gru", params, inputs, targets, device="cuda")
+    ratio = got["log_grad_norm"][..., 0] - got["log_grad_norm"][..., T]
+    np.testing.assert_allclose(ratio, T * math.log(_sigmoid(update_bias)), rtol=1e-12)
+    assert not np.any(got["weight_ih_l0"]) and not np.any(got["weight_hh_l0"])
+    H = params["weight_hh_l0"].shape[2]
+    spec = cells.get("gru")
+    r_and_z = slice(0, 2 * H)
+    np.testing.assert_array_equal(got["bias_hh_l0"][:, r_and_z], got["bias_ih_l0"][:, r_and_z])
+    n = spec.gate_rows("n", H)
+    assert np.all(np.abs(got["bias_ih_l0"][:, n]) > 0)
+    np.testing.assert_allclose(got["bias_hh_l0"][:, n], _sigmoid(reset_bias) * got["bias_ih_l0"][:, n],
+                               rtol=1e-12)
+    assert_outputs_close(got, reference.gradients("gru", params, inputs, targets), np.float64)
+
+
+def test_gru_direct_path_underflows_only_outside_the_log_domain():
+    """float32, z = σ(-14) ≈ 8e-7 per step over 8 steps: the adjoint falls by e^-112, below
+    the smallest float32 (1.4e-45); the log profile stays finite and exact, on cuda and cpu."""
+    T, update_bias = 8, -14.0
+    params, inputs, targets = _gru_with_a_constant_update_gate(np.float32, update_bias, 0.0, T=T, E=1, B=2)
+    want = T * math.log(_sigmoid(update_bias))
+    assert want < math.log(np.finfo(np.float32).smallest_subnormal)
+    for device in ("cuda", "cpu"):
+        got = gradients("gru", params, inputs, targets, device=device)
+        assert np.all(np.isfinite(got["log_grad_norm"])), device
+        np.testing.assert_allclose(got["log_grad_norm"][..., 0] - got["log_grad_norm"][..., T], want,
+                                   rtol=1e-5, err_msg=device)
+
+
+@pytest.mark.parametrize("loss", ["last", "every"])
+def test_gru_with_the_direct_path_dominant_matches_reference_and_cpu(loss):
+    """An update bias of 3 (z ≈ 0.95): the direct path carries most of the adjoint, beside a
+    full W_hh, nonzero b_hh and inputs; every output key against the reference and the cpu."""
+    sizes = dict(E=1, B=3, T=6, D=2, H=3, K=2)
+    params, inputs, targets = make_problem("gru", **sizes, loss=loss)
+    params["bias_ih_l0"][:, cells.get("gru").gate_rows("z", sizes["H"])] += 3.0
+    got = gradients("gru", params, inputs, targets, loss=loss, device="cuda")
+    assert_outputs_close(got, reference.gradients("gru", params, inputs, targets, loss=loss), np.float64)
+    assert_outputs_close(got, gradients("gru", params, inputs, targets, loss=loss, device="cpu"), np.float64)
+    assert not np.allclose(got["bias_hh_l0"], got["bias_ih_l0"])

@@ -3,7 +3,10 @@ r"""Host driver of the numba.cuda kernels (same contract as :mod:`rnnsim.kernels
 Per ensemble chunk the data go to the device once, then five launches run there:
 the forward recurrence (one launch over all T steps), the output layer, the
 log-domain backward recurrence (one launch), the per-network log-scale maximum
-S* with the weights exp(s_bt - S*), and two weight-gradient GEMMs over (b, t).
+S* with the weights exp(s_bt - S*), and two weight-gradient GEMMs over (b, t), plus
+a third for a cell whose biases do not fold (the gru): its backward writes the
+input-side rows, which give dW_ih and db_ih, and beside them the recurrent-side rows
+that differ (``recurrent_only_rows``), which replace those rows of dW_hh and db_hh.
 The results come back once. Chunks are sized so that the activations of a chunk
 fit in ``config.GPU_MEMORY_FRACTION`` of the free device memory.
 
@@ -174,14 +177,16 @@ def _bytes_per_network(problem, with_gradients):
     B, T, D, H, K, G = problem.B, problem.T, problem.D, problem.H, problem.K, problem.G
     item = problem.dtype.itemsize
     words = G * H * (D + 2 * H + 2) + K * (H + 1) + B * T * D  # params (W_hh twice) and inputs
-    words += sum(math.prod(shape) for shape in _cell_module(problem.cell).activation_shapes(B, T, H).values())
+    module = _cell_module(problem.cell)
+    words += sum(math.prod(shape) for shape in module.activation_shapes(B, T, H).values())
     total = words * item
     if with_gradients:
         steps = T if problem.loss == "every" else 1
         profiles = len(cells.get(problem.cell).state)
-        total += item * (B * T * G * H + B * steps * K)  # da mantissas, dlogits
+        hh_rows = _rows_count(module.recurrent_only_rows(H))
+        total += item * (B * T * (G * H + hh_rows) + B * steps * K)  # da of both sides, dlogits
         total += 8 * (2 * B * T + profiles * B * (T + 1))  # da scales and weights, log profiles
-        total += 8 * (G * H * (H + D + 1) + K * (H + 1) + 2 * B * steps + 1)  # gemm outputs, losses
+        total += 8 * (G * H * (H + D + 1) + (hh_rows + K) * (H + 1) + 2 * B * steps + 1)  # gemms, losses
     return total
 
 
@@ -198,6 +203,11 @@ def _networks_per_chunk(cuda, problem, with_gradients, limits):
                          "use fewer sequences or shorter ones")
     size = int(min(problem.E, budget // per_network)) if math.isfinite(budget) else problem.E
     return min(size, gpu_launch.networks_per_launch(limits))
+
+
+def _rows_count(rows):
+    """The number of rows in a ``recurrent_only_rows`` slice."""
+    return rows.stop - rows.start
 
 
 def _chunks(E, size):
@@ -235,7 +245,8 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
     every = problem.loss == "every"
     steps = T if every else 1
     h_offset = 1 if every else T  # output step j reads h_{j + h_offset}
-    grids = gpu_launch.common_grids(n, B, steps, H, D, G * H, K, threads, limits)
+    hh_rows = module.recurrent_only_rows(H)  # empty where the biases fold
+    grids = gpu_launch.common_grids(n, B, steps, H, D, G * H, K, threads, limits, _rows_count(hh_rows))
     kernels = _cell_kernels(problem.cell, problem.dtype.name, tile, threads)
     common = _common_kernels(threads)
     d_params = _params_to_device(cuda, params, nets)
@@ -249,11 +260,13 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
                    (d_params["weight_out"], d_params["bias_out"], acts["h"], h_offset, d_targets,
                     1.0 / (B * steps), dlogits, ce_partial), threads, limits)
 
-    da = cuda.device_array((n, B, T, G * H), dtype=problem.dtype)
+    da = cuda.device_array((n, B, T, G * H), dtype=problem.dtype)  # the input-side rows
+    da_hh = (cuda.device_array((n, B, T, _rows_count(hh_rows)), dtype=problem.dtype)
+             if _rows_count(hh_rows) else None)  # the recurrent-side rows that differ
     da_scale = cuda.device_array((n, B, T), dtype=np.float64)
     profiles = {state: cuda.device_array((n, B, T + 1), dtype=np.float64) for state in cell.state}
     _launch_recurrence(cuda, problem, kernels["backward"], "backward",
-                       module.backward_args(d_params, acts, dlogits, every, da, da_scale, profiles),
+                       module.backward_args(d_params, acts, dlogits, every, da, da_hh, da_scale, profiles),
                        tile, threads, n, limits)
 
     top = cuda.device_array(n, dtype=np.float64)
@@ -265,13 +278,17 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
     rec = cuda.device_array((n, G * H, H + D + 1), dtype=np.float64)
     _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grids.gemm_recurrent, block,
                    (da, row_weight, True, acts["h"], 0, d_x, True, rec), threads, limits)
+    if da_hh is not None:  # (h_{t-1}, 1) columns only: these rows belong to W_hh and b_hh
+        rec_hh = cuda.device_array((n, _rows_count(hh_rows), H + 1), dtype=np.float64)
+        _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grids.gemm_recurrent_hh,
+                       block, (da_hh, row_weight, True, acts["h"], 0, d_x, False, rec_hh), threads, limits)
     outw = cuda.device_array((n, K, H + 1), dtype=np.float64)
     _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grids.gemm_output, block,
                    (dlogits, row_weight, False, acts["h"], h_offset, d_x, False, outw), threads, limits)
 
     rec_host = rec.copy_to_host()
     outw_host = outw.copy_to_host()
-    result = {  # bias_hh_l0 is left to rnnsim.logdomain.tie_biases (identity 4)
+    result = {
         "weight_hh_l0": rec_host[:, :, :H],
         "weight_ih_l0": rec_host[:, :, H:H + D],
         "bias_ih_l0": rec_host[:, :, H + D],
@@ -280,6 +297,13 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
         "log_scale": top.copy_to_host(),
         "loss": ce_partial.copy_to_host().sum(axis=1) / (B * steps),
     }
+    if not cell.folded_bias:  # else bias_hh_l0 is left to rnnsim.logdomain.tie_biases (identity 4)
+        result["bias_hh_l0"] = rec_host[:, :, H + D].copy()
+    if da_hh is not None:  # the rows whose recurrent-side adjoints differ
+        hh_host = rec_hh.copy_to_host()
+        result["weight_hh_l0"] = rec_host[:, :, :H].copy()
+        result["weight_hh_l0"][:, hh_rows] = hh_host[:, :, :H]
+        result["bias_hh_l0"][:, hh_rows] = hh_host[:, :, H]
     for state, key in cell.profile_keys().items():
         result[key] = profiles[state].copy_to_host()
     return result
@@ -299,8 +323,9 @@ def gradients(problem, params, inputs, targets):
     Returns
     -------
     dict
-        ``mantissas`` (the recurrent gradients relative to ``exp(log_scale)``; the
-        ``bias_hh_l0`` copy is added by ``rnnsim.logdomain.assemble``),
+        ``mantissas`` (the recurrent gradients relative to ``exp(log_scale)``; for a
+        cell whose biases fold the ``bias_hh_l0`` copy is added by
+        ``rnnsim.logdomain.assemble``, otherwise it is here),
         ``log_scale`` (E,), ``weight_out``, ``bias_out``, ``loss`` (E,) and one
         (E, B, T+1) log-norm profile per state component (``log_grad_norm``, and
         ``log_grad_norm_c`` for the lstm).
@@ -309,7 +334,10 @@ def gradients(problem, params, inputs, targets):
     -----
     The recurrent gradients are :math:`\sum_{b,t} e^{s_{bt} - S^*}\, \delta_{bt} \otimes
     (h_{t-1}, x_t, 1)` with :math:`S^* = \max_{b,t} s_{bt}` per network (identity 2 of
-    :mod:`rnnsim.logdomain`, with its cutoff), accumulated in float64 on the device.
+    :mod:`rnnsim.logdomain`, with its cutoff), accumulated in float64 on the device;
+    where the biases do not fold, :math:`\delta_{bt}` is the input-side row for the
+    (x_t, 1) columns of W_ih and b_ih, and the recurrent-side row for the (h_{t-1}, 1)
+    columns of W_hh and b_hh.
     """
     cuda = _require_gpu()
     threads, tile = _launch_config()

@@ -223,11 +223,13 @@ def recurrence_grid(n_nets, B, tile, limits=SM90):
     return _check_grid("the recurrence", (-(-B // tile), n_nets), limits)
 
 
-def common_grids(n_nets, B, steps, H, D, GH, K, threads, limits=SM90):
+def common_grids(n_nets, B, steps, H, D, GH, K, threads, limits=SM90, hh_rows=0):
     """Grids of the common kernels (:mod:`rnnsim.kernels.gpu_common`), by use:
     ``output_layer`` (ceil(B * steps / threads), n_nets), ``scale_weights`` (n_nets,),
     ``gemm_recurrent`` over the GH x (H + D + 1) gradient and ``gemm_output`` over the
-    K x (H + 1) one, both (row tiles, column tiles, n_nets).
+    K x (H + 1) one, both (row tiles, column tiles, n_nets); for a cell whose biases do
+    not fold, also ``gemm_recurrent_hh`` over the hh_rows x (H + 1) gradient of the W_hh
+    and b_hh rows that take the recurrent-side adjoints (``recurrent_only_rows``).
 
     The long axes are on x (2^31 - 1 blocks); y holds the networks or the GEMM's column
     tiles, and is refused beyond 65,535 only for H + D + 1 above 4,194,240 columns.
@@ -241,6 +243,8 @@ def common_grids(n_nets, B, steps, H, D, GH, K, threads, limits=SM90):
              "scale_weights": (n_nets,),
              "gemm_recurrent": gemm(GH, H + D + 1),
              "gemm_output": gemm(K, H + 1)}
+    if hh_rows:
+        grids["gemm_recurrent_hh"] = gemm(hh_rows, H + 1)
     for name, grid in grids.items():
         _check_grid(f"the {name.replace('_', ' ')}", grid, limits,
                     "use fewer inputs per step (D)" if name == "gemm_recurrent" and grid[1] > limits.grid[1]

@@ -294,6 +294,12 @@ def dynamic_shared_bytes(role, dtype, tile, threads, H, w_in_shared):
     return nbytes
 
 
+def recurrent_only_rows(H):
+    """The rows of W_hh and b_hh whose adjoints differ from the input side's: none, the
+    biases fold (``rnnsim.cells.get(cell).folded_bias``), so one set of rows serves both."""
+    return slice(0, 0)
+
+
 def activation_shapes(B, T, H):
     """Per network, the device arrays that the forward writes and the backward reads,
     in the kernels' argument order: h_store and c_store (t = 0 included) and the
@@ -307,8 +313,9 @@ def forward_args(params, x, acts):
             x, acts["h"], acts["c"], acts["gates"])
 
 
-def backward_args(params, acts, dlogits, every, da, da_scale, profiles):
+def backward_args(params, acts, dlogits, every, da, da_hh, da_scale, profiles):
     """Arguments of the backward kernel before ``w_in_shared``; ``profiles`` maps each
-    state component to its (E, B, T+1) log-norm output."""
+    state component to its (E, B, T+1) log-norm output. The biases fold, so the rows
+    ``da`` serve both sides and ``da_hh`` is None (see :func:`recurrent_only_rows`)."""
     return (params["weight_hh_l0"], params["weight_out"], acts["h"], acts["c"], acts["gates"], dlogits,
             every, da, da_scale, profiles["h"], profiles["c"])

@@ -10,8 +10,8 @@ memory (L2). Padding sequences of the last tile compute on zeros and write nothi
 
 The module interface that :mod:`rnnsim.kernels.gpu` uses, the same in every
 ``gpu_<cell>`` module: :func:`make_kernels`, :func:`kernel_signatures`,
-:func:`dynamic_shared_bytes`, :func:`activation_shapes`, :func:`forward_args`,
-:func:`backward_args`.
+:func:`dynamic_shared_bytes`, :func:`recurrent_only_rows`, :func:`activation_shapes`,
+:func:`forward_args`, :func:`backward_args`.
 
 Notes
 -----
@@ -199,6 +199,12 @@ def dynamic_shared_bytes(role, dtype, tile, threads, H, w_in_shared):
     return nbytes
 
 
+def recurrent_only_rows(H):
+    """The rows of W_hh and b_hh whose adjoints differ from the input side's: none, the
+    biases fold (``rnnsim.cells.get(cell).folded_bias``), so one set of rows serves both."""
+    return slice(0, 0)
+
+
 def activation_shapes(B, T, H):
     """Per network, the device arrays that the forward writes and the backward reads,
     in the kernels' argument order: h_store (h_0 = 0 included)."""
@@ -211,8 +217,9 @@ def forward_args(params, x, acts):
             x, acts["h"])
 
 
-def backward_args(params, acts, dlogits, every, da, da_scale, profiles):
+def backward_args(params, acts, dlogits, every, da, da_hh, da_scale, profiles):
     """Arguments of the backward kernel before ``w_in_shared``; ``profiles`` maps each
-    state component to its (E, B, T+1) log-norm output."""
+    state component to its (E, B, T+1) log-norm output. The biases fold, so the rows
+    ``da`` serve both sides and ``da_hh`` is None (see :func:`recurrent_only_rows`)."""
     return (params["weight_hh_l0"], params["weight_out"], acts["h"], dlogits, every, da, da_scale,
             profiles["h"])
