@@ -38,7 +38,7 @@ def gradients(cell, params, inputs, targets, *, loss="last", device="cpu"):
     Parameters
     ----------
     cell : str
-        A name from :func:`rnnsim.cells.names` ("rnn", "lstm").
+        A name from :func:`rnnsim.cells.names` ("rnn", "lstm", "gru").
     params : dict of arrays
         ``weight_ih_l0`` (E, G·H, D), ``weight_hh_l0`` (E, G·H, H), ``bias_ih_l0``
         (E, G·H), ``bias_hh_l0`` (E, G·H), ``weight_out`` (E, K, H), ``bias_out``

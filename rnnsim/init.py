@@ -37,7 +37,7 @@ def init_params(cell, hidden_size, input_size, num_classes, ensemble=1, *, schem
     Parameters
     ----------
     cell : str
-        A name from :func:`rnnsim.cells.names` ("rnn", "lstm").
+        A name from :func:`rnnsim.cells.names` ("rnn", "lstm", "gru").
     hidden_size, input_size, num_classes : int
         H, D and K.
     ensemble : int

@@ -5,7 +5,7 @@ the sweep, the CLI and the tests) learns what a cell is from here:
 
 >>> from rnnsim import cells
 >>> cells.names()
-('rnn', 'lstm')
+('rnn', 'lstm', 'gru')
 >>> cells.get("lstm").G, cells.get("lstm").gates
 (4, ('i', 'f', 'g', 'o'))
 
