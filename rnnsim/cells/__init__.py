@@ -9,7 +9,7 @@ the sweep, the CLI and the tests) learns what a cell is from here:
 >>> cells.get("lstm").G, cells.get("lstm").gates
 (4, ('i', 'f', 'g', 'o'))
 
-Each cell lives in its own module (``rnn.py``, ``lstm.py``), which is the single
+Each cell lives in its own module (``rnn.py``, ``lstm.py``, ``gru.py``), which is the single
 readable statement of its math: the NumPy float64 ``forward_step`` directly above
 its ``backward_step`` (the vector-Jacobian product), and, in its docstring, the
 CPU and GPU kernels that implement the same equations. A new cell is a new
