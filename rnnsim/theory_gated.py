@@ -5,6 +5,8 @@ Public functions (re-exported by :mod:`rnnsim.theory`)
 lstm_mean_field(scale, input_scale, bias_scale, forget_bias)   fixed point, 2x2 map, χ, ξ
 gru_mean_field(scale, input_scale, bias_scale, update_bias)    fixed point, χ, ξ
 gated_critical_scale(cell, input_scale, bias_scale, gate_bias) the scale where χ = 1, or None
+mean_field_of, critical_scale_of                               the same, in the form every theory
+                                                               module offers (rnnsim.theory.for_cell)
 
 Notes
 -----
@@ -73,9 +75,8 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy.optimize import brentq
 
-from .theory import _sech4, gaussian_expectation, timescale
+from .theory import _find_root, _sech4, gaussian_expectation, timescale
 
 _BISECTION_STEPS = 200
 
@@ -238,4 +239,41 @@ def gated_critical_scale(cell, input_scale=1.0, bias_scale=0.0, gate_bias=0.0, *
     a, b = log_chi(lo), log_chi(hi)
     if a > 0 or b < 0:
         return None
-    return brentq(log_chi, lo, hi, xtol=1e-10, rtol=1e-12)
+    return _find_root(log_chi, lo, hi, xtol=1e-10, rtol=1e-12)
+
+
+# ----------------------------------------------------------------------------- the uniform interface
+
+MOMENTS = {"lstm": ("q_h", "q_c"), "gru": ("q_h",)}
+"""The fixed-point second moments each cell's theory reports (E[h²], and E[c²] for the lstm)."""
+
+
+def _gate_bias(cell, gate_bias):
+    func, keyword = _MEAN_FIELD[cell]
+    extra = sorted(set(gate_bias or {}) - {keyword})
+    if extra:
+        raise ValueError(f"the {cell} has no {', '.join(extra)}; its gate bias is {keyword}")
+    return func, keyword, (gate_bias or {}).get(keyword, 0.0)
+
+
+def mean_field_of(cell, scale, input_scale=1.0, bias_scale=0.0, gate_bias=None) -> dict:
+    """The theory of ``cell`` ("lstm" or "gru") over an array of scales, in the form that
+    :func:`rnnsim.theory.for_cell` promises: ``scale``, ``chi``, ``rate`` (½ ln χ),
+    ``timescale`` and the moments of :data:`MOMENTS`, arrays over ``scale``.
+
+    ``gate_bias`` maps the cell's init keyword (``forget_bias`` or ``update_bias``,
+    :attr:`rnnsim.cells.Cell.gate_bias`) to its value (default 0).
+    """
+    func, keyword, bias = _gate_bias(cell, gate_bias)
+    scales = np.atleast_1d(np.asarray(scale, dtype=np.float64))
+    points = [func(float(s), input_scale, bias_scale, **{keyword: bias}) for s in scales]
+    out = {"scale": scales}
+    for key in ("chi", "rate", "timescale") + MOMENTS[cell]:
+        out[key] = np.array([p[key] for p in points], dtype=np.float64)
+    return out
+
+
+def critical_scale_of(cell, input_scale=1.0, bias_scale=0.0, gate_bias=None):
+    """The scale where χ = 1 for ``cell``, or None (see :func:`gated_critical_scale`)."""
+    _, _, bias = _gate_bias(cell, gate_bias)
+    return gated_critical_scale(cell, input_scale, bias_scale, bias)
