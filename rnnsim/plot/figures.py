@@ -60,8 +60,10 @@ def phase(rows, config, cell, th: CellTheory) -> Figure:
     handles = [ax.plot([], [], "k-", lw=1.2, label=f"measured ±{thr:g} decades")[0]]
     if th.applies:
         if th.critical_scale is not None:
-            handles.append(ax.axhline(th.critical_scale, color=_THEORY, ls="--", lw=1.5,
-                                      label=rf"annealed mean field $\chi=1$ ($S_c$={th.critical_scale:.3f})"))
+            low, high = edges(scales, log=False)[[0, -1]]
+            where = "" if low <= th.critical_scale <= high else ", off the plotted scales"
+            label = rf"annealed mean field $\chi=1$ ($S_c$={th.critical_scale:.3f}{where})"
+            handles.append(ax.axhline(th.critical_scale, color=_THEORY, ls="--", lw=1.5, label=label))
         else:
             handles.append(_invisible(ax, r"annealed mean field: $\chi$ does not cross 1 for "
                                           r"$S$ in [0.05, 50]"))
