@@ -297,3 +297,19 @@ def test_the_committed_results_still_plot(tmp_path, captured):
                            for ext in ("png", "pdf"))
     legend = [t.get_text() for t in captured["phase_lstm"].axes[0].get_legend().get_texts()]
     assert any("annealed mean field" in t for t in legend)
+
+
+def test_phase_diagrams_dot_the_points_whose_regime_the_data_do_not_settle(measured):
+    out, figures, _ = measured
+    config = SweepConfig.from_mapping(ALL)
+    for cell in cells.names():
+        ax = figures[f"phase_{cell}"].axes[0]
+        (dots,) = [c for c in ax.collections if "regime not settled" in c.get_label()]
+        expected = set()
+        for T in config.lengths:
+            data = sweep.read_profiles(out, cell, T, config)
+            for s in config.scales:
+                lo, hi = plot._common.pooled_interval(cell, T, s, data["log10_ratio_seq"][data["scale"] == s])
+                if lo < -1 < hi or lo < 1 < hi:
+                    expected.add((T, s))
+        assert {(float(x), float(y)) for x, y in dots.get_offsets()} == expected

@@ -16,7 +16,9 @@ Figures
     ``lyapunov`` measure, the measured λ_max = 0 contour; with the ``pascanu`` measure,
     the scales at which every network has σ_max(W_hh)·γ < 1 (hatched: vanishing
     guaranteed; the gated cells have no such bound, see
-    :data:`rnnsim.sweep.measures.PASCANU_GAMMA`).
+    :data:`rnnsim.sweep.measures.PASCANU_GAMMA`); with the ``rates`` measure, a dot
+    on every (T, S) whose 95% interval of log10_ratio over networks × sequences holds
+    ±threshold, where the data do not settle the regime.
 ``profiles``
     log10‖∂L/∂h_t‖ against t at the longest T, for chosen scales: mean ± standard
     deviation over all sequences and seeds; where the theory applies the dashed lines
@@ -81,7 +83,8 @@ def _save(fig, out: Path, stem: str):
 
 
 def _load(out: Path):
-    """Read and validate everything the figures need: (config, rows, profiles at the longest T)."""
+    """Read and validate everything the figures need: (config, rows, profiles at the longest T, and
+    with the rates measure every finished (cell, T)'s per-sequence arrays)."""
     if not out.is_dir():
         raise OSError(f"cannot read {out}: {'not a folder' if out.exists() else 'no such folder'}")
     if not (out / MANIFEST).is_file():
@@ -97,7 +100,11 @@ def _load(out: Path):
         raise ValueError(f"{out} has no finished points at T={longest} for {', '.join(missing)}; "
                          "finish the sweep with --resume first")
     profiles = {cell: read_profiles(out, cell, longest, config) for cell in config.cell}
-    return config, rows, profiles
+    per_sequence = {cell: {} for cell in config.cell}
+    if "rates" in config.measure:
+        for cell, T in sorted(done, key=lambda key: (config.cell.index(key[0]), key[1])):
+            per_sequence[cell][T] = profiles[cell] if T == longest else read_profiles(out, cell, T, config)
+    return config, rows, profiles, per_sequence
 
 
 def plot_results(out, *, scales=None):
@@ -131,11 +138,12 @@ def plot_results(out, *, scales=None):
         scales = parse_scales(list(scales) if not isinstance(scales, str) else scales)
     _load(out)  # read-only: refuse a damaged folder before the lock file is created
     with FolderLock(out, "plot") as lock:
-        config, rows, profiles = _load(out)  # again, now that no sweep can change it
+        config, rows, profiles, per_sequence = _load(out)  # again, now that no sweep can change it
         ths = {cell: CellTheory(config, cell, config.scales) for cell in config.cell}
         files = []
         for cell in config.cell:
-            files += _save(figures.phase(rows, config, cell, ths[cell]), out, f"phase_{cell}")
+            figure = figures.phase(rows, config, cell, ths[cell], per_sequence[cell])
+            files += _save(figure, out, f"phase_{cell}")
         files += _save(figures.profiles(config, profiles, ths, scales), out, "profiles")
         files += _save(figures.rates(rows, config, profiles, ths), out, "rates")
         if "lyapunov" in config.measure:

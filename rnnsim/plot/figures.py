@@ -33,10 +33,13 @@ def _invisible(ax, label):
     return ax.plot([], [], " ", label=label)[0]
 
 
-def phase(rows, config, cell, th: CellTheory) -> Figure:
+def phase(rows, config, cell, th: CellTheory, per_sequence=None) -> Figure:
     """log10_ratio over (T, S) with the measured ±threshold contours; the annealed mean field's
     critical line and finite-T boundaries where the cell has a theory; the measured λ_max = 0
-    where the lyapunov measure ran; the scales where the Pascanu bound guarantees vanishing."""
+    where the lyapunov measure ran; the scales where the Pascanu bound guarantees vanishing;
+    and, with the rates measure (``per_sequence``: {T: profile arrays}), a dot on every cell whose
+    95% interval of log10_ratio over networks × sequences holds a ±threshold (its regime is
+    not settled by the data)."""
     lengths, scales, Z = grid(rows, cell, "log10_ratio")
     thr = config.threshold
     fig = Figure(figsize=(7.2, 5.0))
@@ -86,6 +89,8 @@ def phase(rows, config, cell, th: CellTheory) -> Figure:
             handles.append(_invisible(ax, rf"measured $\lambda_{{max}} {sign} 0$ everywhere"))
     if has_column(rows, cell, "sigma_max"):
         handles.append(_pascanu(ax, rows, cell, scales))
+    if per_sequence:
+        handles.append(_unsettled(ax, cell, lengths, scales, per_sequence, thr))
     ax.set_xlim(edges(lengths, log=True)[[0, -1]])
     ax.set_ylim(edges(scales, log=False)[[0, -1]])
     ax.set_xlabel("sequence length T (steps)")
@@ -113,6 +118,24 @@ def _pascanu(ax, rows, cell, scales):
     for s in safe:
         ax.axhspan(e[index[s]], e[index[s] + 1], fill=False, hatch="//", edgecolor="0.3", lw=0)
     return ax.fill_between([], [], [], facecolor="none", hatch="//", edgecolor="0.3", label=label)
+
+
+def _unsettled(ax, cell, lengths, scales, per_sequence, thr):
+    """Dot the (T, S) cells whose pooled 95% interval of log10_ratio reaches across ±threshold."""
+    xs, ys = [], []
+    for T in lengths:
+        data = per_sequence.get(int(T))
+        if data is None:
+            continue
+        for s in scales:
+            values = data["log10_ratio_seq"][data["scale"] == s]
+            if values.size:
+                lo, hi = pooled_interval(cell, int(T), float(s), values)
+                if lo < -thr < hi or lo < thr < hi:
+                    xs.append(T)
+                    ys.append(s)
+    label = rf"95% interval of the ratio holds $\pm{thr:g}$ (regime not settled)"
+    return ax.scatter(xs, ys, s=9, c="k", marker=".", label=label)
 
 
 def profiles(config, profiles_at_T, ths, scales=None) -> Figure:
