@@ -110,7 +110,9 @@ def test_rates_figure_shows_the_measured_rates_and_the_theory_curve(default_plot
         expected = module.mean_field_of(cell, s, 1.0, 0.0, config.gate_bias(cell))["rate"]
         np.testing.assert_allclose(r, expected, rtol=1e-12)
         labels = [ln.get_label() for ln in ax.get_lines()]
-        assert any("carry path alone" in label for label in labels) == bool(cells.get(cell).gate_bias)
+        assert any("path alone" in label for label in labels) == bool(cells.get(cell).gate_bias)
+        if cell == "lstm":
+            assert any("lstm cell path alone" in label for label in labels)
         assert "± std over seeds" in ax.get_title()  # no per-sequence values without the rates measure
 
 

@@ -114,9 +114,14 @@ def carry_paths(config, cell):
     out = []
     for keyword, gate in spec.gate_bias:
         b = config.gate_bias(cell)[keyword]
-        out.append((rf"{cell} carry path alone $\ln\sigma(b_{gate})$, $b_{gate}$={b:g}",
+        path = _PATH_NAMES.get(gate, "carry path")
+        out.append((rf"{cell} {path} alone $\ln\sigma(b_{gate})$, $b_{gate}$={b:g}",
                     -1.0 / theory.forget_timescale(b)))
     return out
+
+
+_PATH_NAMES = {"f": "cell path", "z": "direct path"}
+"""What the carry path through each gate is called (the lstm's c through f, the gru's h through z)."""
 
 
 def pooled_interval(cell, T, scale, values):
