@@ -1,12 +1,17 @@
 """Share of sweep wall time spent inside the kernels (target: >= 90% for >= 100 grid points).
 
 Runs ``rnnsim.sweep.run_sweep`` into a temporary folder (deleted afterwards) and
-reports the wall time of the whole sweep, the time inside ``rnnsim.gradients``
-calls, their ratio, and the machine. The grid defaults to the default sweep of
-``rnnsim sweep``; any key can be changed, e.g.
+reports the wall time of the whole sweep, the time inside the computations
+(``rnnsim.gradients``, and ``rnnsim.lyapunov`` and the SVDs of W_hh when the
+measures need them), their ratio, and the machine. The grid defaults to the
+default sweep of ``rnnsim sweep``; any key can be changed, e.g.
 
     python benchmarks/bench_sweep.py
     python benchmarks/bench_sweep.py --cell rnn --lengths 50:500:10 --scales 0.5:3:12
+    python benchmarks/bench_sweep.py --measure rates,lyapunov,pascanu
+
+What is not kernel time is mostly the file writes after each call and, for the gru,
+its mean field (a quadrature per scale, about 80 ms each, computed once per sweep).
 
 The first call of each kernel compiles it (or loads it from Numba's cache), which
 counts as sweep time: run twice to see the warm figure. Set NUMBA_CACHE_DIR to a

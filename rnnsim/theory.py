@@ -8,8 +8,20 @@ timescale(chi)                                     ξ = −1/ln χ
 critical_scale(input_scale, bias_scale)            the scale where χ = 1
 forget_timescale(forget_bias)                      lstm cell timescale −1/ln σ(b_f)
 mean_field(scale, input_scale, bias_scale)         all of the above in one dict
+for_cell(cell)                                     the theory module the cell registry names, or None
+mean_field_of, critical_scale_of                   the rnn's theory in the form every theory module offers
+lstm_mean_field, gru_mean_field, gated_critical_scale
+                                                   the gated cells' theory (:mod:`rnnsim.theory_gated`)
 
 Every function of ``scale`` is vectorised: pass an array of scales, get arrays back.
+
+**One interface for every cell.** A cell names its theory module in the registry
+(:attr:`rnnsim.cells.Cell.theory`); :func:`for_cell` imports it. Each such module
+offers ``mean_field_of(cell, scales, input_scale, bias_scale, gate_bias)`` (a dict of
+arrays over the scales: ``chi``, ``rate`` = ½ ln χ, ``timescale`` and the fixed-point
+moments named in its ``MOMENTS[cell]``) and ``critical_scale_of(cell, input_scale,
+bias_scale, gate_bias)`` (the scale where χ = 1, or None). ``gate_bias`` maps the
+cell's init keyword (``forget_bias``, ``update_bias``) to its value.
 
 Notes
 -----
@@ -84,6 +96,7 @@ quadrature up to q = 10¹²).
 """
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -382,3 +395,53 @@ def mean_field(scale, input_scale=1.0, bias_scale=0.0):
         "timescale": np.atleast_1d(timescale(chis)),
         "critical_scale": critical_scale(input_scale, bias_scale),
     }
+
+
+# ----------------------------------------------------------------------------- the uniform interface
+
+MOMENTS = {"rnn": ("q_star",)}
+"""The fixed-point moments the rnn's theory reports (q*, the pre-activation variance)."""
+
+
+def for_cell(cell):
+    """The theory module that the cell registry names for ``cell``, or None when it has none.
+
+    The sweep, the figures and ``rnnsim theory`` learn from here, and only here, which
+    cells have a mean-field theory (:attr:`rnnsim.cells.Cell.theory`).
+    """
+    from . import cells
+
+    name = cells.get(cell).theory
+    return importlib.import_module(name) if name else None
+
+
+def _no_gate_bias(cell, gate_bias):
+    if cell != "rnn":
+        raise ValueError(f"rnnsim.theory covers the rnn only, not {cell!r}; use rnnsim.theory.for_cell")
+    if gate_bias:
+        raise ValueError(f"the rnn has no {', '.join(sorted(gate_bias))}")
+
+
+def mean_field_of(cell, scale, input_scale=1.0, bias_scale=0.0, gate_bias=None) -> dict:
+    """The rnn's theory over an array of scales: ``scale``, ``chi``, ``rate``, ``timescale``
+    and ``q_star`` (see the module notes: the interface every theory module offers)."""
+    _no_gate_bias(cell, gate_bias)
+    S = np.atleast_1d(_check_scale(scale))
+    chis = np.atleast_1d(chi(S, input_scale, bias_scale))
+    return {"scale": S, "chi": chis, "rate": 0.5 * np.log(chis), "timescale": np.atleast_1d(timescale(chis)),
+            "q_star": np.atleast_1d(fixed_point(S, input_scale, bias_scale))}
+
+
+def critical_scale_of(cell, input_scale=1.0, bias_scale=0.0, gate_bias=None):
+    """The rnn's critical scale (:func:`critical_scale`); it always exists."""
+    _no_gate_bias(cell, gate_bias)
+    return critical_scale(input_scale, bias_scale)
+
+
+_GATED = ("lstm_mean_field", "gru_mean_field", "gated_critical_scale")
+
+
+def __getattr__(name):
+    if name in _GATED:  # loaded on first use: rnnsim.theory_gated imports this module
+        return getattr(importlib.import_module(".theory_gated", __package__), name)
+    raise AttributeError(f"module 'rnnsim.theory' has no attribute {name!r}")

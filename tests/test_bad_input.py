@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from cli_helpers import assert_one_line_error, run, snapshot
 
-from rnnsim import cells, plot, sweep, theory
+from rnnsim import cells, plot, sweep, theory, theory_gated
 from rnnsim import config as settings
 from rnnsim._parse import parse_lengths, parse_scales
 from rnnsim.sweep.lock import FolderLock
@@ -32,11 +32,36 @@ def results(tmp_path_factory):
     return out
 
 
+MEASURED = {**SMALL, "measure": "rates,lyapunov,pascanu", "lyap-k": "2"}
+MEASURED_FLAGS = [item for key, value in MEASURED.items() for item in (f"--{key}", value)]
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bad_input") / "resm"
+    sweep.run_sweep(dict(MEASURED), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def torch_files(tmp_path_factory):
+    """P.npz (a single lstm network, torch names) and X.npy (B, T, D) for rnnsim lyapunov."""
+    import rnnsim
+    folder = tmp_path_factory.mktemp("bad_input_files")
+    np.savez(folder / "P.npz", **{k: v[0] for k, v in rnnsim.init_params("lstm", 4, 2, 3, 1).items()})
+    np.save(folder / "X.npy", np.zeros((2, 12, 2)))
+    return folder
+
+
 @pytest.fixture
-def ws(tmp_path, results, monkeypatch):
-    """A workspace: a results folder, a folder that is not rnnsim's, a plain file, no folder 'new'."""
+def ws(tmp_path, results, measured, torch_files, monkeypatch):
+    """A workspace: a results folder (and one with every measure), a folder that is not rnnsim's,
+    a plain file, the files of a torch network, no folder 'new'."""
     monkeypatch.setattr(settings, "MEMORY_LIMIT_BYTES", LIMIT)
     shutil.copytree(results, tmp_path / "res")
+    shutil.copytree(measured, tmp_path / "resm")
+    shutil.copy(torch_files / "P.npz", tmp_path / "P.npz")
+    shutil.copy(torch_files / "X.npy", tmp_path / "X.npy")
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "data.csv").write_text("precious")
     (tmp_path / "file").write_text("keep")
@@ -76,6 +101,12 @@ def _rewrite_profile(name, change):
     return setup
 
 
+def _save(name, array):
+    def setup(ws):
+        np.save(ws / name, array)
+    return setup
+
+
 def _drop(key):
     return lambda arrays: {k: v for k, v in arrays.items() if k != key}
 
@@ -84,8 +115,18 @@ def _with_toml(ws):
     return ["sweep", *FLAGS, "--config", ws / "c.toml", "--out", ws / "res", "--resume"]
 
 
+def _resume_measured(*flags):
+    return lambda ws: ["sweep", *MEASURED_FLAGS, *flags, "--out", ws / "resm", "--resume"]
+
+
+def _lyapunov(*flags, params="P.npz", inputs="X.npy", out="L.npz"):
+    return lambda ws: ["lyapunov", "--cell", "lstm", "--params", ws / params, "--inputs", ws / inputs,
+                       "--out", ws / out, *flags]
+
+
 LAST = cells.names()[-1]
 PROFILE = f"res/profiles/{LAST}_T9.npz"
+PROFILE_M = f"resm/profiles/{LAST}_T9.npz"
 
 CLI_CASES = [
     # --- A: impossible sizes, refused before anything is allocated or written
@@ -116,6 +157,32 @@ CLI_CASES = [
     ("sweep seeds 0", _new("--seeds", "0"), None, "seeds must be >= 1"),
     ("sweep init", _new("--init", "xavier"), None, "'xavier' is not one of"),
     ("sweep device", _new("--device", "gpu"), None, "'gpu' is not one of"),
+    # --- the gated cells' and the optional measures' options
+    ("sweep update-bias -1e300", _new("--update-bias", "-1e300"), None, "update-bias must be >= -1e+06"),
+    ("sweep update-bias nan", _new("--update-bias", "nan"), None, "update-bias must be finite"),
+    ("sweep measure unknown", _new("--measure", "gradient"), None, "unknown measure 'gradient'"),
+    ("sweep measure twice", _new("--measure", "rates,rates"), None, "appears twice"),
+    ("sweep measure empty item", _new("--measure", "rates,"), None, "malformed list"),
+    ("sweep lyap-k without lyapunov", _new("--lyap-k", "2"), None, "add --measure lyapunov"),
+    ("sweep lyap-k 0", _new("--measure", "lyapunov", "--lyap-k", "0"), None, "lyap-k must be >= 1"),
+    ("sweep lyap-k above the state", _new("--measure", "lyapunov", "--lyap-k", "5"), None,
+     "lyap-k must be <= 4, the rnn's state dimension"),
+    ("sweep lyap-k 2.5", _new("--measure", "lyapunov", "--lyap-k", "2.5"), None, "is not an integer"),
+    ("sweep resume another measure", _resume("--measure", "lyapunov"), None,
+     "different configuration (measure differ)"),
+    ("sweep resume another update-bias", _resume("--update-bias", "1"), None,
+     "different configuration (update-bias differ)"),
+    ("sweep resume another lyap-k", _resume_measured("--lyap-k", "3"), None,
+     "different configuration (lyap-k differ)"),
+    ("resume profile without spectrum", _resume_measured(),
+     _rewrite_profile(PROFILE_M, _drop("lyap_spectrum")), "lacks the array 'lyap_spectrum'"),
+    ("resume profile spectrum of wrong k", _resume_measured(),
+     _rewrite_profile(PROFILE_M, lambda a: {**a, "lyap_spectrum": a["lyap_spectrum"][:, :1]}),
+     "'lyap_spectrum' has shape"),
+    ("resume summary without rates columns", _resume_measured(),
+     _write("resm/summary.csv", ",".join(sweep.SUMMARY_COLUMNS) + "\n"), "lacks the summary columns"),
+    ("toml measure", _with_toml, _write("c.toml", 'measure = "lyapunov,x"\n'), "unknown measure 'x'"),
+    ("toml update-bias", _with_toml, _write("c.toml", 'update-bias = "big"\n'), "update-bias"),
     # --- folders
     ("sweep out is a file", _sweep(out="file"), None, "is not a folder"),
     ("sweep out is not rnnsim's", _sweep(out="foreign"), None, "not an rnnsim results folder"),
@@ -168,6 +235,34 @@ CLI_CASES = [
      "forget-bias must be finite"),
     ("theory scale range 1e9", lambda ws: ["theory", "--scale", "0.5:3:1000000000"], None, "a range of"),
     ("theory scale twice", lambda ws: ["theory", "--scale", "1,1"], None, "appears twice"),
+    ("theory cell", lambda ws: ["theory", "--cell", "elman", "--scale", "1"], None, "'elman' is not one of"),
+    ("theory forget-bias for the gru", lambda ws: ["theory", "--cell", "gru", "--scale", "1", "--forget-bias",
+                                                   "1"], None, "--forget-bias applies to --cell lstm"),
+    ("theory update-bias for the lstm", lambda ws: ["theory", "--cell", "lstm", "--scale", "1",
+                                                    "--update-bias", "1"], None,
+     "--update-bias applies to --cell gru"),
+    ("theory update-bias x", lambda ws: ["theory", "--cell", "gru", "--scale", "1", "--update-bias", "x"],
+     None, "update-bias: 'x' is not a number"),
+    ("theory update-bias 1e300", lambda ws: ["theory", "--cell", "gru", "--scale", "1", "--update-bias",
+                                             "1e300"], None, "update-bias must be <= 1e+06"),
+    ("theory gru scale 0", lambda ws: ["theory", "--cell", "gru", "--scale", "0"], None, "scale must be > 0"),
+    # --- lyapunov
+    ("lyapunov cell", _lyapunov("--cell", "elman"), None, "'elman' is not one of"),
+    ("lyapunov missing params", _lyapunov(params="none.npz"), None, "no such file"),
+    ("lyapunov junk params", _lyapunov(params="file"), None, "cannot read"),
+    ("lyapunov params are inputs", _lyapunov(params="X.npy"), None, "expected an .npz archive"),
+    ("lyapunov inputs are params", _lyapunov(inputs="P.npz"), None, "expected a single .npy array"),
+    ("lyapunov out exists", _lyapunov(out="file"), None, "already exists"),
+    ("lyapunov out folder missing", _lyapunov(out="new/L.npz"), None, "does not exist"),
+    ("lyapunov k 0", _lyapunov("--k", "0"), None, "k must be >= 1"),
+    ("lyapunov k above the state", _lyapunov("--k", "9"), None, "k must lie in [1, 8], got 9"),
+    ("lyapunov k x", _lyapunov("--k", "x"), None, "'x' is not an integer"),
+    ("lyapunov warmup too long", _lyapunov("--warmup", "12"), None, "warmup must lie in [0, 11], got 12"),
+    ("lyapunov qr-every 0", _lyapunov("--qr-every", "0"), None, "qr-every must be >= 1"),
+    ("lyapunov inputs of 4 axes", _lyapunov(inputs="X4.npy"), _save("X4.npy", np.zeros((1, 2, 12, 2))),
+     "inputs must be (B, T, D)"),
+    ("lyapunov inputs with NaN", _lyapunov(inputs="Xnan.npy"), _save("Xnan.npy", np.full((2, 12, 2), np.nan)),
+     "NaN"),
     # --- plot
     ("plot missing folder", lambda ws: ["plot", ws / "new"], None, "no such folder"),
     ("plot foreign folder", lambda ws: ["plot", ws / "foreign"], None, "not an rnnsim results folder"),
@@ -219,7 +314,7 @@ def test_cli_refuses_bad_input_with_one_line_and_touches_nothing(ws, command, se
 
 def test_the_catalogue_covers_every_command():
     from pathlib import Path
-    assert {case[1](Path("ws"))[0] for case in CLI_CASES} == {"sweep", "theory", "plot", "grad"}
+    assert {case[1](Path("ws"))[0] for case in CLI_CASES} == {"sweep", "theory", "plot", "grad", "lyapunov"}
     assert len(CLI_CASES) >= 40 and len(API_CASES) >= 20
 
 
@@ -284,6 +379,25 @@ API_CASES = [
      "bias_scale must be finite"),
     ("theory forget None", lambda ws: theory.forget_timescale(None), TypeError, "forget_bias"),
     ("theory empty scales", lambda ws: theory.mean_field([]), ValueError, "at least one value"),
+    ("theory for an unknown cell", lambda ws: theory.for_cell("elman"), ValueError, "unknown cell 'elman'"),
+    ("gated theory scale 0", lambda ws: theory.lstm_mean_field(0.0), ValueError, "scale must be > 0"),
+    ("gated theory bias text", lambda ws: theory.gru_mean_field(1.0, update_bias="x"), TypeError,
+     "update_bias"),
+    ("gated theory another cell's bias",
+     lambda ws: theory.for_cell("gru").mean_field_of("gru", 1.0, 1.0, 0.0, {"forget_bias": 1.0}), ValueError,
+     "the gru has no forget_bias"),
+    ("gated theory no fixed point", lambda ws: theory.lstm_mean_field(1.0, forget_bias=900.0),
+     theory_gated.NoFixedPoint, "no fixed point"),
+    ("config measure", lambda ws: sweep.SweepConfig.from_mapping({"measure": ["rates", 3]}), TypeError,
+     "measure"),
+    ("config lyap-k", lambda ws: sweep.SweepConfig.from_mapping({"lyap-k": 3}), ValueError,
+     "add --measure lyapunov"),
+    ("run_sweep lyap-k above the state", _api_sweep({**SMALL, "measure": "lyapunov", "lyap-k": 99}),
+     ValueError, "lyap-k must be <= 4"),
+    ("read_profiles measured", _damaged(_rewrite_profile(PROFILE_M, _drop("rate_seq")),
+                                        lambda ws: sweep.read_profiles(ws / "resm", LAST, 9,
+                                                                       sweep.SweepConfig.from_mapping(MEASURED))),
+     ValueError, "lacks the array 'rate_seq'"),
     ("parse lengths float range", lambda ws: parse_lengths("0.5:3:10"), ValueError, "is not an integer"),
     ("parse scales None", lambda ws: parse_scales(None), TypeError, "scales"),
     ("load broken TOML",
@@ -294,10 +408,10 @@ API_CASES = [
 
 @pytest.mark.parametrize("call, error, words", [c[1:] for c in API_CASES], ids=[c[0] for c in API_CASES])
 def test_library_refuses_bad_input_with_an_error_that_names_it(ws, call, error, words):
-    before = {k: v for k, v in snapshot(ws).items() if not k.startswith(("res/", "c.toml"))}
+    before = {k: v for k, v in snapshot(ws).items() if not k.startswith(("res/", "resm/", "c.toml"))}
     with pytest.raises(error) as info:
         call(ws)
     assert type(info.value) is error or (error is OSError and isinstance(info.value, OSError))
     assert words in str(info.value) and "\n" not in str(info.value)
-    assert {k: v for k, v in snapshot(ws).items() if not k.startswith(("res/", "c.toml"))} == before
+    assert {k: v for k, v in snapshot(ws).items() if not k.startswith(("res/", "resm/", "c.toml"))} == before
     assert not (ws / "api").exists() and not (ws / "new").exists()

@@ -14,7 +14,7 @@ def test_version_and_help():
     for command in main.commands:
         result = run(command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output, command
-    assert {"grad", "sweep", "plot", "theory"} <= set(main.commands)
+    assert {"grad", "sweep", "plot", "theory", "lyapunov"} <= set(main.commands)
 
 
 _LOADED = ("import json, sys; from rnnsim.cli import main\n"
@@ -33,7 +33,8 @@ def test_help_and_theory_load_neither_matplotlib_nor_the_sweep_runner():
     """Commands import their libraries lazily: `rnnsim --help` and `rnnsim theory` stay light."""
     heavy = ("matplotlib", "scipy", "numba", "rnnsim.plot", "rnnsim.sweep.run", "rnnsim.sweep.store",
              "rnnsim.kernels")
-    for args in (["--help"], ["theory", "--scale", "0.5:3:6"], ["sweep", "--help"], ["plot", "--help"]):
+    for args in (["--help"], ["theory", "--scale", "0.5:3:6"], ["theory", "--cell", "gru", "--scale", "1,30"],
+                 ["sweep", "--help"], ["plot", "--help"], ["lyapunov", "--help"]):
         loaded = _modules_after(*args)
         assert "rnnsim.cli" in loaded
         found = sorted(m for m in loaded if any(m == h or m.startswith(h + ".") for h in heavy))

@@ -174,3 +174,18 @@ def test_cuda_without_gpu_is_a_one_line_error(tmp_path):
         assert not (tmp_path / "gpu").exists()
     else:
         pytest.skip("a GPU is usable here")
+
+
+def test_gated_and_measure_flags_reach_the_configuration(tmp_path):
+    out = tmp_path / "m"
+    result = run("sweep", *SMALL, "--cell", "gru", "--update-bias", "0.5", "--measure", "lyapunov,rates",
+                 "--lyap-k", "2", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    config = sweep.read_manifest(out)["config"]
+    assert config["update-bias"] == 0.5 and config["lyap-k"] == 2
+    assert config["measure"] == ["gradients", "mean_field", "rates", "lyapunov"]
+    rows = sweep.read_summary(out)
+    assert {"lyap_max", "lyap_k", "rate_mean", "rate_lo"} <= set(rows[0]) and "sigma_max" not in rows[0]
+    again = run("sweep", *SMALL, "--cell", "gru", "--update-bias", "0.5", "--measure", "rates,lyapunov",
+                "--lyap-k", "2", "--out", str(out), "--resume")
+    assert again.exit_code == 0 and "nothing left to do" in again.stdout  # the order of the list is free

@@ -50,3 +50,55 @@ def test_theory_bad_input(args):
 def test_overflowing_numbers_are_refused(args, words):
     """Issue 8 B: these gave OverflowError tracebacks, or rows of inf/NaN labelled 'critical'."""
     assert_one_line_error(run("theory", *args), words)
+
+
+def test_gated_cells_table_and_json():
+    from rnnsim import theory_gated
+    result = run("theory", "--cell", "lstm", "--scale", "0.5,3", "--forget-bias", "1")
+    assert result.exit_code == 0, result.output
+    assert "Q_h" in result.stdout and "Q_c" in result.stdout and "annealed" in result.stdout
+    s_c = theory_gated.gated_critical_scale("lstm", 1.0, 0.0, 1.0)
+    assert f"critical scale S_c (chi = 1): {s_c:.6f}" in result.stdout
+    assert "ln sigmoid(b_f) = -0.31326" in result.stdout
+    data = json.loads(run("theory", "--cell", "gru", "--scale", "1,2", "--update-bias", "0.5",
+                          "--json").stdout)
+    assert data["cell"] == "gru" and data["update_bias"] == 0.5 and len(data["points"]) == 2
+    expected = theory_gated.gru_mean_field(2.0, 1.0, 0.0, 0.5)
+    point = data["points"][1]
+    assert point["chi"] == expected["chi"] and point["q_h"] == expected["q_h"]
+    assert point["rate"] == pytest.approx(0.5 * math.log(expected["chi"]))
+    assert data["critical_scale"] == pytest.approx(theory_gated.gated_critical_scale("gru", 1.0, 0.0, 0.5))
+
+
+def test_no_critical_scale_is_none():
+    """A gru with a strong update bias and no input: χ stays below 1 for every S up to 50."""
+    result = run("theory", "--cell", "lstm", "--scale", "1", "--input-scale", "0", "--forget-bias", "-3")
+    assert result.exit_code == 0, result.output
+    data = json.loads(run("theory", "--cell", "lstm", "--scale", "1", "--input-scale", "0",
+                          "--forget-bias", "-3", "--json").stdout)
+    line = next(x for x in result.stdout.splitlines() if x.startswith("critical scale"))
+    if data["critical_scale"] is None:
+        assert "none" in line
+    else:
+        assert f"{data['critical_scale']:.6f}" in line
+
+
+def test_no_fixed_point_is_null_in_json_and_explained_in_the_table():
+    data = json.loads(run("theory", "--cell", "lstm", "--scale", "1", "--forget-bias", "800",
+                          "--json").stdout)
+    assert data["points"][0]["chi"] is None and data["critical_scale"] is None
+    table = run("theory", "--cell", "lstm", "--scale", "1", "--forget-bias", "800")
+    assert table.exit_code == 0 and "no fixed point" in table.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--cell", "gru", "--scale", "1", "--forget-bias", "1"], "--forget-bias applies to --cell lstm"),
+    (["--cell", "lstm", "--scale", "1", "--update-bias", "1"], "--update-bias applies to --cell gru"),
+    (["--cell", "rnn", "--scale", "1", "--update-bias", "1"], "--update-bias applies to --cell gru"),
+    (["--cell", "gru", "--scale", "1", "--update-bias", "nan"], "update-bias must be finite"),
+    (["--cell", "lstm", "--scale", "1", "--forget-bias", "2e6"], "forget-bias must be <= 1e+06"),
+    (["--cell", "elman", "--scale", "1"], "'elman' is not one of"),
+    (["--cell", "gru", "--scale", "0"], "scale must be > 0"),
+])
+def test_gated_bad_input(args, words):
+    assert_one_line_error(run("theory", *args), words)

@@ -95,11 +95,12 @@ def assert_same_results(folder, reference):
 
 def assert_consistent(folder):
     """What a killed sweep leaves: every file parses, and every listed point has its profile."""
+    config = None
     if (folder / sweep.MANIFEST).is_file():
-        sweep.read_manifest(folder)
+        config = sweep.store.manifest_config(folder)
     if (folder / sweep.SUMMARY).is_file():
-        for row in sweep.read_summary(folder):
-            prof = sweep.read_profiles(folder, row["cell"], row["T"])
+        for row in sweep.read_summary(folder, config):
+            prof = sweep.read_profiles(folder, row["cell"], row["T"], config)
             assert ((prof["scale"] == row["scale"]) & (prof["seed"] == row["seed"])).sum() == 1
 
 
@@ -118,6 +119,32 @@ KILL_POINTS = [
     ("replace:summary.csv", n_calls),  # every profile, the last call not listed
     ("replace:manifest.json", 2),  # every point listed, the manifest still says 'running'
 ]
+
+
+MEASURED = {**CONFIG, "measure": "rates,lyapunov,pascanu", "lyap-k": 2}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_measured(tmp_path_factory):
+    out = tmp_path_factory.mktemp("faults") / "measured"
+    sweep.run_sweep(MEASURED, out)
+    return out
+
+
+@pytest.mark.parametrize("target, nth", [
+    ("replace:summary.csv", 2),
+    pytest.param(f"replace:{cells.names()[-1]}_T7.npz", 1, marks=pytest.mark.slow),
+    pytest.param("replace:manifest.json", 2, marks=pytest.mark.slow),
+])
+def test_a_killed_sweep_with_every_measure_resumes_bitwise(uninterrupted_measured, tmp_path, target, nth):
+    """The optional measures' columns, intervals and arrays (Lyapunov spectra, per-sequence values)
+    resume to the uninterrupted result byte for byte: the bootstrap streams are keyed by the point."""
+    out = tmp_path / "new"
+    code, stderr = _run_killed(target, nth, json.dumps(MEASURED), out)
+    assert code == -signal.SIGKILL, stderr
+    assert_consistent(out)
+    sweep.run_sweep(MEASURED, out, resume=True)
+    assert_same_results(out, uninterrupted_measured)
 
 
 @pytest.mark.slow

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from rnnsim import cells, plot, sweep, theory
-from rnnsim.sweep import SweepConfig
+from rnnsim.sweep import SweepConfig, bootstrap
+
+RESULTS = __import__("pathlib").Path(__file__).resolve().parents[1] / "results"
 
 SMALL = {"cell": ",".join(cells.names()), "hidden": 8, "input-size": 3, "classes": 4, "batch": 3,
          "lengths": "5,12,30", "scales": "0.5,1.5,2,2.5", "seeds": 2}
@@ -68,7 +70,7 @@ def test_writes_png_and_pdf_of_every_figure(default_plot):
         _all_axes_labelled(fig)
 
 
-def test_phase_diagram_is_centred_at_zero_with_theory_lines_for_the_rnn_only(results, default_plot):
+def test_phase_diagram_is_centred_at_zero_with_theory_lines_where_a_theory_applies(results, default_plot):
     captured, _ = default_plot
     rnn_ax = captured["phase_rnn"].axes[0]
     mesh = rnn_ax.collections[0]
@@ -97,6 +99,21 @@ def test_rates_figure_shows_the_measured_rates_and_the_theory_curve(default_plot
     theory_line = next(ln for ln in ax.get_lines() if "ln\\chi" in ln.get_label())
     s, r = theory_line.get_data()
     assert np.allclose(r, 0.5 * np.log(theory.chi(s, 1.0, 0.0)))
+    config = SweepConfig.from_mapping(SMALL)
+    panels = [a for a in captured["rates"].axes]
+    assert len(panels) == len(cells.names())
+    for ax, cell in zip(panels, cells.names()):
+        assert ax.get_title().startswith(cell)
+        line = next(ln for ln in ax.get_lines() if "annealed mean field" in ln.get_label())
+        s, r = line.get_data()
+        module = theory.for_cell(cell)
+        expected = module.mean_field_of(cell, s, 1.0, 0.0, config.gate_bias(cell))["rate"]
+        np.testing.assert_allclose(r, expected, rtol=1e-12)
+        labels = [ln.get_label() for ln in ax.get_lines()]
+        assert any("path alone" in label for label in labels) == bool(cells.get(cell).gate_bias)
+        if cell == "lstm":
+            assert any("lstm cell path alone" in label for label in labels)
+        assert "± std over seeds" in ax.get_title()  # no per-sequence values without the rates measure
 
 
 def test_profiles_for_chosen_scales(results, captured):
@@ -196,3 +213,105 @@ def test_figures_are_written_atomically(results, tmp_path, monkeypatch):
     paths = plot.plot_results(out)
     assert sorted(renamed) == sorted(p.name for p in paths)
     assert not [p for p in out.iterdir() if p.name.startswith(_io.TMP_PREFIX)]
+
+
+ALL = {**SMALL, "lengths": "6,30", "batch": 4, "measure": "rates,lyapunov,pascanu", "lyap-k": 4}
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory):
+    """A sweep with every measure, and its figures."""
+    out = tmp_path_factory.mktemp("plot_all") / "run"
+    sweep.run_sweep(ALL, out)
+    figures = {}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plot, "_save", _recording_save(figures))
+        paths = plot.plot_results(out, scales=[0.5, 2.5])
+    return out, figures, paths
+
+
+def test_rates_figure_sets_rate_mean_rate_and_lambda_max_side_by_side(measured):
+    out, figures, _ = measured
+    config = SweepConfig.from_mapping(ALL)
+    rows = sweep.read_summary(out, config)
+    data = sweep.read_profiles(out, "rnn", 30, config)
+    ax = figures["rates"].axes[0]
+    assert "95% bootstrap over networks × sequences" in ax.get_title()
+    containers = {c.get_label(): c for c in ax.containers}
+    lam = next(c for label, c in containers.items() if "lambda_{max}" in label)
+    x, y = lam.lines[0].get_data()
+    scales = sorted({r["scale"] for r in rows})
+    rnn = [r for r in rows if r["cell"] == "rnn" and r["T"] == 30]
+    expected = [np.mean([r["lyap_max"] for r in rnn if r["scale"] == s]) for s in scales]
+    np.testing.assert_allclose(y, expected, rtol=1e-12)
+    assert np.all(x > np.array(scales))  # set beside the typical rate, which sits to the left
+    # its error bar is the two-level interval of the per-sequence exponents
+    first = data["lyap_max_seq"][data["scale"] == scales[0]]
+    lo, hi = plot._common.pooled_interval("rnn", 30, scales[0], first)
+    segment = lam.lines[2][0].get_segments()[0]
+    assert segment[0][1] == pytest.approx(lo) and segment[1][1] == pytest.approx(hi)
+    assert any("mean rate" in label for label in containers)
+    assert any("typical" in label for label in containers)
+
+
+def test_spectrum_figure_for_chosen_scales(measured):
+    out, figures, paths = measured
+    assert {"spectrum.png", "spectrum.pdf"} <= {p.name for p in paths}
+    config = SweepConfig.from_mapping(ALL)
+    for ax, cell in zip(figures["spectrum"].axes, cells.names()):
+        n = len(cells.get(cell).state) * config.hidden
+        lines = [ln for ln in ax.get_lines() if ln.get_label().startswith("S = ")]
+        assert [ln.get_label().split(" (")[0] for ln in lines] == ["S = 0.5", "S = 2.5"]
+        data = sweep.read_profiles(out, cell, 30, config)
+        x, y = lines[1].get_data()
+        np.testing.assert_allclose(x, np.arange(1, 5) / n)
+        np.testing.assert_allclose(y, data["lyap_spectrum"][data["scale"] == 2.5].mean(axis=0))
+        assert "state dimension" in ax.get_xlabel()
+
+
+def test_phase_diagrams_mark_lambda_zero_and_the_pascanu_bound(measured):
+    _, figures, _ = measured
+    for cell in cells.names():
+        legend = [t.get_text() for t in figures[f"phase_{cell}"].axes[0].get_legend().get_texts()]
+        assert any("lambda_{max}" in t for t in legend), legend
+        pascanu = [t for t in legend if "Pascanu" in t]
+        assert len(pascanu) == 1
+        if cell in sweep.PASCANU_GAMMA:
+            assert "vanishing guaranteed" in pascanu[0]
+        else:
+            assert "no Pascanu bound" in pascanu[0]
+
+
+def test_pooled_interval_is_the_two_level_bootstrap():
+    values = np.random.default_rng(0).standard_normal((3, 5))
+    lo, hi = plot._common.pooled_interval("lstm", 7, 1.5, values)
+    w = bootstrap.weights(bootstrap.point_rng("lstm", 7, 1.5, 0, tag=plot._common.FIGURE_TAG), 3, 5)
+    assert (lo, hi) == bootstrap.interval(bootstrap.weighted_mean(w, values))
+    assert lo < values.mean() < hi
+
+
+def test_the_committed_results_still_plot(tmp_path, captured):
+    """A folder written before the gru, --update-bias and --measure existed (its manifest lacks them)."""
+    out = tmp_path / "results"
+    shutil.copytree(RESULTS, out)
+    names = sorted(p.name for p in plot.plot_results(out))
+    assert names == sorted(f"{stem}.{ext}" for stem in ("phase_rnn", "phase_lstm", "profiles", "rates")
+                           for ext in ("png", "pdf"))
+    legend = [t.get_text() for t in captured["phase_lstm"].axes[0].get_legend().get_texts()]
+    assert any("annealed mean field" in t for t in legend)
+
+
+def test_phase_diagrams_dot_the_points_whose_regime_the_data_do_not_settle(measured):
+    out, figures, _ = measured
+    config = SweepConfig.from_mapping(ALL)
+    for cell in cells.names():
+        ax = figures[f"phase_{cell}"].axes[0]
+        (dots,) = [c for c in ax.collections if "regime not settled" in c.get_label()]
+        expected = set()
+        for T in config.lengths:
+            data = sweep.read_profiles(out, cell, T, config)
+            for s in config.scales:
+                lo, hi = plot._common.pooled_interval(cell, T, s, data["log10_ratio_seq"][data["scale"] == s])
+                if lo < -1 < hi or lo < 1 < hi:
+                    expected.add((T, s))
+        assert {(float(x), float(y)) for x, y in dots.get_offsets()} == expected

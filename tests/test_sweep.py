@@ -169,7 +169,9 @@ def test_summary_profiles_and_manifest(small_run):
         assert r["init"] == "gaussian" and r["hidden"] == 8
         assert r["regime"] == sweep.regime_of(r["log10_ratio"], 1.0)
         if config.theory_applies(r["cell"]):
-            assert r["mf_chi"] == pytest.approx(theory.chi(r["scale"], 1.0, 0.0), rel=1e-12)
+            module = theory.for_cell(r["cell"])
+            expected = module.mean_field_of(r["cell"], r["scale"], 1.0, 0.0, config.gate_bias(r["cell"]))
+            assert r["mf_chi"] == pytest.approx(expected["chi"][0], rel=1e-12)
             assert r["mf_log10_ratio"] == pytest.approx(r["T"] * 0.5 * math.log10(r["mf_chi"]))
             assert r["mf_rate"] == pytest.approx(0.5 * math.log(r["mf_chi"]))
         else:
@@ -223,10 +225,18 @@ def test_summary_columns_come_from_the_measures_in_the_old_order():
         "cell", "init", "hidden", "T", "scale", "seed", "log10_ratio", "log10_ratio_std",
         "log10_grad_norm_params", "loss", "regime", "rate", "mf_chi", "mf_rate", "mf_log10_ratio",
         "mf_regime", "profile_file")
-    assert set(sweep.COLUMN_MEANINGS) == set(sweep.SUMMARY_COLUMNS)
+    assert SweepConfig.from_mapping({}).measure == ("gradients", "mean_field")
+    assert set(sweep.COLUMN_MEANINGS) >= set(sweep.SUMMARY_COLUMNS)
     assert all(meaning and "\n" not in meaning for meaning in sweep.COLUMN_MEANINGS.values())
     assert sweep.MEASURES["gradients"].needs == ("gradients",) and sweep.MEASURES["mean_field"].needs == ()
     assert set(sweep.COMPUTATIONS) >= {n for m in sweep.MEASURES.values() for n in m.needs}
+    # The optional measures add their columns after the default ones, in registry order.
+    every = sweep.measures.column_names(sweep.measures.parse_measures("pascanu,lyapunov,rates"))
+    assert every[:16] == sweep.SUMMARY_COLUMNS[:-1] and every[-1] == "profile_file"
+    assert every[16:-1] == ("rate_lo", "rate_hi", "rate_mean", "rate_mean_lo", "rate_mean_hi",
+                            "log10_ratio_lo", "log10_ratio_hi", "lyap_max", "lyap_max_lo", "lyap_max_hi",
+                            "lyap_k", "sigma_max", "pascanu_bound")
+    assert set(sweep.COLUMN_MEANINGS) == set(every)
 
 
 def test_library_applies_the_toml_run_keys_as_the_cli_does(tmp_path):

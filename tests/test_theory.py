@@ -172,6 +172,8 @@ def test_theory_loads_without_scipy():
     import subprocess
     import sys
     code = ("import sys, rnnsim.theory as t; t.critical_scale(); t.mean_field([1.0, 2.0]); "
+            "t.for_cell('lstm').critical_scale_of('lstm', 1.0, 0.0, {'forget_bias': 1.0}); "
+            "t.gru_mean_field(30.0); "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('scipy', 'matplotlib', 'numba')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

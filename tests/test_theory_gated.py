@@ -122,3 +122,74 @@ def test_bad_input_is_named(cell, kw, exc):
     args.update(kw)
     with pytest.raises(exc, match=next(iter(kw))):
         MEAN_FIELD[cell](**args)
+
+
+# ------------------------------------------------------------------ expectations at large variance
+
+@pytest.mark.parametrize("var", [20.5, 100.0, 1e4, 1e8])
+@pytest.mark.parametrize("mean", [0.0, 2.0, -5.0])
+def test_expectations_at_large_variance_against_adaptive_quadrature(var, mean):
+    """Above variance 20 the Gauss-Hermite rule fails (7e-5 for sech⁴ at 100, 100% at 1e4);
+    the step-plus-remainder rule holds 1e-11 relative."""
+    from scipy.integrate import quad
+
+    from rnnsim.theory import _sech4
+    from rnnsim.theory_gated import _dsigmoid_sq, _expect, _sigmoid
+    sd = math.sqrt(var)
+    for func in (lambda a: _sigmoid(a) ** 2, lambda a: np.tanh(a) ** 2, _sech4, _dsigmoid_sq,
+                 lambda a: (1 - _sigmoid(a)) ** 2):
+        def integrand(a, func=func):
+            density = math.exp(-0.5 * (a - mean) ** 2 / var) / math.sqrt(2 * math.pi * var)
+            return float(func(np.array(a))) * density
+        pieces = [(mean - 12 * sd, -40.0), (-40.0, 0.0), (0.0, 40.0), (40.0, mean + 12 * sd)]
+        exact = sum(quad(integrand, lo, hi, limit=500, epsabs=0, epsrel=1e-13)[0]
+                    for lo, hi in pieces if hi > lo)
+        assert _expect(func, mean, var) == pytest.approx(exact, rel=1e-11, abs=1e-300)
+
+
+@pytest.mark.parametrize("cell", GATED)
+def test_values_below_variance_20_are_unchanged_by_the_wide_rule(cell):
+    """The default sweep's scales (S <= 3) keep every pre-activation variance below 20: χ is the
+    plain Gauss-Hermite value (checked against the quadrature of the nested integrals above)."""
+    out = MEAN_FIELD[cell](3.0, 1.0, 0.0, 1.0)
+    assert out["variance"] < 20
+
+
+def test_an_lstm_without_a_stationary_cell_variance_has_no_fixed_point():
+    with pytest.raises(theory_gated.NoFixedPoint, match="no fixed point"):
+        theory_gated.lstm_mean_field(1.0, 1.0, 0.0, 800.0)
+    mf = theory_gated.mean_field_of("lstm", [1.0, 2.0], 1.0, 0.0, {"forget_bias": 800.0})
+    assert np.all(np.isnan(mf["chi"])) and np.all(np.isnan(mf["q_c"]))
+    assert theory_gated.critical_scale_of("lstm", 1.0, 0.0, {"forget_bias": 800.0}) is None
+    # large but finite: a huge Q_c, still a number
+    out = theory_gated.lstm_mean_field(1.0, 1.0, 0.0, 30.0)
+    assert out["q_c"] > 1e10 and 0 < out["chi"] <= 1 + 1e-6
+
+
+@pytest.mark.parametrize("cell", GATED)
+def test_the_uniform_interface(cell):
+    from rnnsim import theory
+    module = theory.for_cell(cell)
+    assert module is theory_gated
+    keyword = dict((c, kw) for c in GATED for kw, _ in cells.get(c).gate_bias)[cell]
+    mf = module.mean_field_of(cell, [0.7, 1.9], 1.0, 0.1, {keyword: 0.5})
+    for i, s in enumerate((0.7, 1.9)):
+        direct = MEAN_FIELD[cell](s, 1.0, 0.1, 0.5)
+        for key in ("chi", "rate", "timescale") + module.MOMENTS[cell]:
+            assert mf[key][i] == direct[key]
+    s_c = module.critical_scale_of(cell, 1.0, 0.0, {keyword: 0.0})
+    assert s_c == theory_gated.gated_critical_scale(cell, 1.0, 0.0, 0.0)
+    other = "update_bias" if keyword == "forget_bias" else "forget_bias"
+    with pytest.raises(ValueError, match=f"has no {other}"):
+        module.mean_field_of(cell, 1.0, 1.0, 0.0, {other: 1.0})
+    assert getattr(theory, f"{cell}_mean_field") is MEAN_FIELD[cell]  # re-exported
+
+
+def test_the_rnn_speaks_the_same_interface():
+    from rnnsim import theory
+    mf = theory.mean_field_of("rnn", np.array([0.5, 2.0]), 1.0, 0.0)
+    assert np.array_equal(mf["chi"], theory.chi(np.array([0.5, 2.0]), 1.0, 0.0))
+    assert np.array_equal(mf["q_star"], theory.fixed_point(np.array([0.5, 2.0]), 1.0, 0.0))
+    assert theory.critical_scale_of("rnn", 1.0, 0.0) == theory.critical_scale(1.0, 0.0)
+    with pytest.raises(ValueError, match="no forget_bias"):
+        theory.mean_field_of("rnn", 1.0, 1.0, 0.0, {"forget_bias": 1.0})

@@ -85,4 +85,4 @@ def tangent_step(p, cache, tangent):
 CELL = Cell(name="gru", gates=("r", "z", "n"), state=("h",), cost=2.5, folded_bias=False,
             forward_step=forward_step, backward_step=backward_step, tangent_step=tangent_step,
             cpu_kernels="cpu_gru", gpu_kernels="gpu_gru", gate_bias=(("update_bias", "z"),),
-            theory="rnnsim.theory")
+            theory="rnnsim.theory_gated")

@@ -75,4 +75,5 @@ def tangent_step(p, cache, tangent):
 
 CELL = Cell(name="lstm", gates=("i", "f", "g", "o"), state=("h", "c"), cost=3.0, folded_bias=True,
             forward_step=forward_step, backward_step=backward_step, tangent_step=tangent_step,
-            cpu_kernels="cpu_lstm", gpu_kernels="gpu_lstm", gate_bias=(("forget_bias", "f"),), theory="")
+            cpu_kernels="cpu_lstm", gpu_kernels="gpu_lstm", gate_bias=(("forget_bias", "f"),),
+            theory="rnnsim.theory_gated")

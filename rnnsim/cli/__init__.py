@@ -46,13 +46,14 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="rnnsim")
 def main():
-    """Exact gradients through time for ensembles of RNNs and LSTMs."""
+    """Exact gradients through time for ensembles of RNNs, LSTMs and GRUs."""
 
 
 from .grad import grad  # noqa: E402  (commands import the group's helpers)
+from .lyapunov import lyapunov  # noqa: E402
 from .plot import plot  # noqa: E402
 from .sweep import sweep  # noqa: E402
 from .theory import theory  # noqa: E402
 
-for _command in (grad, sweep, plot, theory):
+for _command in (grad, lyapunov, sweep, plot, theory):
     main.add_command(_command)

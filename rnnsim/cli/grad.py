@@ -1,45 +1,13 @@
 """``rnnsim grad``: gradients for weights brought from PyTorch."""
 from __future__ import annotations
 
-import os
-
 import click
 import numpy as np
 
 from .. import cells
 from .._io import atomic_write
 from ..losses import LOSSES
-from ._common import device_option
-
-
-def _load(path: str, what: str):
-    try:
-        return np.load(path, allow_pickle=False)
-    except FileNotFoundError:
-        raise click.BadParameter(f"{path}: no such file", param_hint=what) from None
-    except Exception as exc:  # corrupt, truncated, pickled objects, a folder, ...
-        raise click.BadParameter(f"cannot read {path}: {str(exc).splitlines()[0]}", param_hint=what) from None
-
-
-def _load_params(path: str) -> dict:
-    archive = _load(path, "--params")
-    if not isinstance(archive, np.lib.npyio.NpzFile):
-        raise click.BadParameter(f"{path} is a single array; expected an .npz archive of named arrays",
-                                 param_hint="--params")
-    with archive:
-        try:
-            return {key: archive[key] for key in archive.files}
-        except Exception as exc:
-            raise click.BadParameter(f"cannot read {path}: {str(exc).splitlines()[0]}",
-                                     param_hint="--params") from None
-
-
-def _load_array(path: str, what: str) -> np.ndarray:
-    arr = _load(path, what)
-    if not isinstance(arr, np.ndarray):
-        arr.close()
-        raise click.BadParameter(f"{path} is an .npz archive; expected a single .npy array", param_hint=what)
-    return arr
+from ._common import check_out, device_option, load_array, load_params
 
 
 @click.command()
@@ -66,14 +34,10 @@ def grad(cell, params_path, inputs_path, targets_path, loss, device, out_path, f
     """
     from .. import gradients
 
-    if os.path.exists(out_path) and not force:
-        raise click.BadParameter(f"{out_path} already exists; pass --force to overwrite it",
-                                 param_hint="--out")
-    if not os.path.isdir(os.path.dirname(os.path.abspath(out_path))):
-        raise click.BadParameter(f"the folder of {out_path} does not exist", param_hint="--out")
-    params = _load_params(params_path)
-    inputs = _load_array(inputs_path, "--inputs")
-    targets = _load_array(targets_path, "--targets")
+    check_out(out_path, force)
+    params = load_params(params_path)
+    inputs = load_array(inputs_path, "--inputs")
+    targets = load_array(targets_path, "--targets")
 
     # Without an ensemble axis in the weights, everything is one network.
     single = params.get("weight_hh_l0") is not None and np.ndim(params["weight_hh_l0"]) == 2

@@ -1,4 +1,4 @@
-"""``rnnsim plot DIR``: phase diagrams, profiles and rates of a sweep's results folder."""
+"""``rnnsim plot DIR``: phase diagrams, profiles, rates (and spectra) of a sweep's results folder."""
 from __future__ import annotations
 
 import click
@@ -7,11 +7,13 @@ import click
 @click.command()
 @click.argument("out", metavar="DIR")
 @click.option("--scales", metavar="LIST",
-              help="Scales for the profiles figure (nearest in the sweep), a comma list or A:B:N. "
+              help="Scales for the profiles and spectrum figures (nearest in the sweep), a comma list or "
+                   "A:B:N. "
                    "[default: five across the range and the one nearest the critical scale]")
 @click.option("--quiet", is_flag=True, help="Do not list the files written.")
 def plot(out, scales, quiet):
-    """Write phase_<cell>, profiles and rates figures (PNG and PDF) into DIR.
+    """Write phase_<cell>, profiles and rates figures (PNG and PDF) into DIR, and spectrum when the
+    sweep ran the lyapunov measure.
 
     Every figure is written atomically; DIR is locked while they are drawn, so a
     sweep still writing DIR is reported as in use.

@@ -11,6 +11,7 @@ from .._validate import DEVICES
 from ..init import SCHEMES
 from ..losses import LOSSES
 from ..sweep.config import DEFAULT_DEVICE, DEFAULT_OUT, DEFAULTS, DTYPES
+from ..sweep.measures import MEASURES
 
 
 def _default(key):
@@ -34,7 +35,10 @@ def _default(key):
 @click.option("--input-scale", metavar="U",
               help=f"W_ih ~ N(0, U²/D), 0 <= U <= 1e6. {_default('input-scale')}")
 @click.option("--bias-scale", metavar="B", help=f"Bias ~ N(0, B²), 0 <= B <= 1e6. {_default('bias-scale')}")
-@click.option("--forget-bias", metavar="F", help=f"Forget-gate bias, |F| <= 1e6. {_default('forget-bias')}")
+@click.option("--forget-bias", metavar="F",
+              help=f"LSTM forget-gate bias, |F| <= 1e6. {_default('forget-bias')}")
+@click.option("--update-bias", metavar="Z",
+              help=f"GRU update-gate bias, |Z| <= 1e6. {_default('update-bias')}")
 @click.option("--seeds", metavar="N",
               help=f"Networks per (cell, T, scale): seeds 0..N-1. {_default('seeds')}")
 @click.option("--loss", type=click.Choice(LOSSES),
@@ -43,6 +47,14 @@ def _default(key):
               help=f"Regime labels: log10_ratio below -threshold vanishing, above +threshold exploding. "
                    f"{_default('threshold')}")
 @click.option("--dtype", type=click.Choice(DTYPES), help=f"Compute dtype. {_default('dtype')}")
+@click.option("--measure", metavar="LIST",
+              help="What to measure, a comma list of "
+                   f"{', '.join(n for n in MEASURES)}: gradients and mean_field always; "
+                   "rates adds bootstrap intervals and the mean rate, lyapunov the top Lyapunov exponents, "
+                   f"pascanu sigma_max(W_hh) and the Pascanu bound. {_default('measure')}")
+@click.option("--lyap-k", metavar="K",
+              help=f"Lyapunov exponents per network (with --measure lyapunov), 1 to the state dimension. "
+                   f"{_default('lyap-k')}")
 @click.option("--device", type=click.Choice(DEVICES),
               help=f"Where to compute: cpu, cuda (error without a usable GPU) or auto. "
                    f"[default: {DEFAULT_DEVICE}]")

@@ -12,10 +12,14 @@ run_sweep(config, out, ...)        run (or resume) a sweep into a results folder
 make_data(...)                     the inputs and targets of one (T, seed)
 read_summary(out), read_profiles(out, cell, T), read_manifest(out)
 fit_rate, rate_window, regime_of   the gradient measure's helpers
-SUMMARY_COLUMNS, COLUMN_MEANINGS   the columns of summary.csv and what each means
+rate_grid, lyapunov_warmup         the steps of the mean rate's fit; the Lyapunov measure's warm-up
+parse_measures, MEASURES           the measures (``--measure``) and their registry
+SUMMARY_COLUMNS, COLUMN_MEANINGS   the columns of summary.csv with the default measures; what every
+                                   column any measure writes means
 
 Modules: :mod:`~rnnsim.sweep.config` (configuration), :mod:`~rnnsim.sweep.measures`
-(what is measured: pluggable measures and their columns), :mod:`~rnnsim.sweep.plan`
+(what is measured: pluggable measures and their columns), :mod:`~rnnsim.sweep.bootstrap`
+(seeded percentile intervals over sequences, or networks × sequences), :mod:`~rnnsim.sweep.plan`
 (ensemble calls and the memory check), :mod:`~rnnsim.sweep.run` (the runner),
 :mod:`~rnnsim.sweep.store` (the results folder), :mod:`~rnnsim.sweep.lock`,
 :mod:`~rnnsim.sweep.provenance`. The configuration loads eagerly; the runner and the
@@ -25,17 +29,23 @@ fast.
 Results folder
 --------------
 ``manifest.json``
-    ``config`` (every key that shapes the results; ``--resume`` requires it to match),
-    versions of rnnsim/numba/numpy/Python, git commit, device, dtype, start and end
-    times, and run statistics (wall time, time inside :func:`rnnsim.gradients`).
+    ``config`` (every key that shapes the results; ``--resume`` requires it to match,
+    and a key that an older manifest lacks counts as its default), versions of
+    rnnsim/numba/numpy/Python, git commit, device, dtype, start and end times, and run
+    statistics (wall time, time inside the computations: :func:`rnnsim.gradients`,
+    :func:`rnnsim.lyapunov`, the SVDs of W_hh).
 ``summary.csv``
-    One row per (cell, init, hidden, T, scale, seed); columns in :data:`SUMMARY_COLUMNS`.
+    One row per (cell, init, hidden, T, scale, seed); the columns of the chosen
+    measures (:func:`rnnsim.sweep.measures.columns`; :data:`SUMMARY_COLUMNS` with the
+    default ones).
 ``profiles/<cell>_T<T>.npz``
     For the points of one (cell, T): ``scale`` (n,), ``seed`` (n,), and
     ``log10_grad_norm_mean``, ``log10_grad_norm_std`` (n, T+1), the mean and standard
     deviation over the B sequences of log10‖∂L/∂h_t‖, t = 0..T (stored as float32;
-    the summary holds the float64 numbers). A summary row's profile is the entry of
-    its ``profile_file`` with the same (scale, seed).
+    the summary holds the float64 numbers); with the ``rates`` measure each sequence's
+    rate and log10 ratio (n, B) and ln‖∂L/∂h_t‖ at :func:`rate_grid` (n, B, m), with
+    ``lyapunov`` each sequence's λ_max (n, B) and the spectrum (n, k). A summary row's
+    profile is the entry of its ``profile_file`` with the same (scale, seed).
 ``.rnnsim``, ``.rnnsim.lock``
     The marker (written first) and the lock (held for the whole run) of
     :mod:`rnnsim.sweep.store`.
@@ -44,11 +54,14 @@ Reproducibility
 ---------------
 The networks of the row (cell, T, scale, seed = s) are exactly
 ``init_params(cell, hidden, input-size, classes, 1, scheme=init, scale=scale,
-input_scale=..., bias_scale=..., forget_bias=..., seed=s, dtype=dtype)``, and its
+input_scale=..., bias_scale=..., forget_bias=..., update_bias=..., seed=s,
+dtype=dtype)``, and its
 data are ``make_data(T, s, ...)``: x ~ N(0, 1) per component and uniform class
 targets from ``SeedSequence(s, spawn_key=(DATA_STREAM, T))``. Neither depends on the
 rest of the grid, so sweeps that share points agree on them, and a resumed sweep
-computes exactly what an uninterrupted one would.
+computes exactly what an uninterrupted one would. The bootstrap intervals draw from
+a stream keyed by the row (:func:`rnnsim.sweep.bootstrap.point_rng`), so they too
+are the same however the sweep is cut into calls or resumed.
 
 Faults
 ------
@@ -82,9 +95,11 @@ _LAZY = {
     "store": ("read_summary", "read_profiles", "read_manifest", "prepare_folder", "open_sweep",
               "check_folder", "MANIFEST", "SUMMARY", "PROFILES_DIR", "MARKER", "FIGURE_PATTERNS",
               "atomic_write", "FolderInUseError"),
-    "measures": ("fit_rate", "rate_window", "regime_of", "REGIMES", "SUMMARY_COLUMNS", "COLUMN_MEANINGS",
-                 "MEASURES", "Measure", "Column"),
+    "measures": ("fit_rate", "rate_window", "rate_grid", "regime_of", "lyapunov_warmup", "parse_measures",
+                 "REGIMES", "SUMMARY_COLUMNS", "COLUMN_MEANINGS", "MEASURES", "Measure", "Column", "Array",
+                 "PASCANU_GAMMA"),
     "plan": ("CALL_MEMORY_BYTES", "plan_sweep"),
+    "bootstrap": (),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 

@@ -30,6 +30,7 @@ from .._parse import (
 from .._validate import DEVICES, check_choice
 from ..init import SCHEMES
 from ..losses import LOSSES
+from .measures import parse_measures
 
 try:
     import tomllib
@@ -50,10 +51,13 @@ DEFAULTS = {
     "input-scale": 1.0,
     "bias-scale": 0.0,
     "forget-bias": 1.0,
+    "update-bias": 0.0,
     "seeds": 2,
     "loss": "last",
     "threshold": 1.0,
     "dtype": "float64",
+    "measure": "gradients,mean_field",
+    "lyap-k": 1,
 }
 """Defaults of every key that shapes the results (flag names as keys)."""
 
@@ -80,10 +84,13 @@ _PARSERS = {
     "input-scale": _scale_like("input-scale"),
     "bias-scale": _scale_like("bias-scale"),
     "forget-bias": lambda value: finite_float("forget-bias", value, minimum=-MAX_SCALE, maximum=MAX_SCALE),
+    "update-bias": lambda value: finite_float("update-bias", value, minimum=-MAX_SCALE, maximum=MAX_SCALE),
     "seeds": lambda value: positive_int("seeds", value),
     "loss": lambda value: check_choice("loss", value, LOSSES),
     "threshold": lambda value: finite_float("threshold", value, minimum=0.0, strict=True),
     "dtype": lambda value: check_choice("dtype", value, DTYPES),
+    "measure": parse_measures,
+    "lyap-k": lambda value: positive_int("lyap-k", value),
 }
 """Validation of each configuration key: value -> the canonical value, or a one-line error."""
 
@@ -120,10 +127,13 @@ class SweepConfig:
     input_scale: float
     bias_scale: float
     forget_bias: float
+    update_bias: float
     seeds: int
     loss: str
     threshold: float
     dtype: str
+    measure: tuple
+    lyap_k: int
 
     @classmethod
     def from_mapping(cls, mapping) -> "SweepConfig":
@@ -140,7 +150,21 @@ class SweepConfig:
         if unknown:
             raise ValueError(f"unknown configuration key(s): {', '.join(unknown)}")
         merged = {**DEFAULTS, **{k: v for k, v in mapping.items() if k in DEFAULTS}}
-        return cls(**{key.replace("-", "_"): parse(merged[key]) for key, parse in _PARSERS.items()})
+        config = cls(**{key.replace("-", "_"): parse(merged[key]) for key, parse in _PARSERS.items()})
+        config._check_lyapunov()
+        return config
+
+    def _check_lyapunov(self) -> None:
+        if "lyapunov" not in self.measure:
+            if self.lyap_k != 1:
+                raise ValueError(f"lyap-k is {self.lyap_k} but the lyapunov measure is not chosen; "
+                                 "add --measure lyapunov")
+            return
+        for cell in self.cell:
+            n = len(cells.get(cell).state) * self.hidden
+            if self.lyap_k > n:
+                raise ValueError(f"lyap-k must be <= {n}, the {cell}'s state dimension at hidden "
+                                 f"{self.hidden}, got {self.lyap_k}")
 
     def as_dict(self) -> dict:
         """JSON-ready, with flag names as keys (the form stored in the manifest)."""
@@ -158,6 +182,19 @@ class SweepConfig:
         """Whether the mean-field theory describes this cell's points: the registry names a
         theory for the cell (:attr:`rnnsim.cells.Cell.theory`) and W_hh is gaussian."""
         return bool(cells.get(cell).theory) and self.init == "gaussian"
+
+    def gate_bias(self, cell: str) -> dict:
+        """The cell's gate biases as init keywords (``{"forget_bias": 1.0}`` for the lstm, ``{}``
+        for the rnn), from :attr:`rnnsim.cells.Cell.gate_bias`."""
+        return {keyword: getattr(self, keyword) for keyword, _gate in cells.get(cell).gate_bias}
+
+    def same_results_as(self, stored) -> list:
+        """The keys in which ``stored`` (a manifest's config) differs from this configuration;
+        [] when they agree. A key ``stored`` lacks (written before it existed) counts as its
+        default, so folders written by earlier versions resume and plot unchanged."""
+        old = SweepConfig.from_mapping(stored).as_dict()
+        new = self.as_dict()
+        return [k for k in new if old.get(k) != new[k]]
 
 
 @dataclass(frozen=True)

@@ -1,16 +1,40 @@
 r"""What a sweep measures at each point: pluggable measures and the summary columns they add.
 
 A :class:`Measure` has a name, the summary columns it adds (each with a one-line
-meaning), the computations it needs (today ``"gradients"``: one
-:func:`rnnsim.gradients` call per ensemble; later Lyapunov exponents or training),
-and a function from one ensemble call's results to one row of values per point
-(and, optionally, per-step arrays for the profile files). The runner performs
-each needed computation once per call and asks every chosen measure for its
-columns, so a new measure is a new :class:`Measure` in :data:`MEASURES`.
+meaning), the computations it needs (``"gradients"``: one :func:`rnnsim.gradients`
+call per ensemble; ``"lyapunov"``: one :func:`rnnsim.lyapunov` call over the same
+networks and inputs; ``"sigma_max"``: the largest singular value of every network's
+W_hh), and a function from one ensemble call's results to one row of values per
+point (and, optionally, per-point arrays for the profile files). The runner
+performs each needed computation once per call and asks every chosen measure for
+its columns, so a new measure is a new :class:`Measure` in :data:`MEASURES`.
 
-``summary.csv`` has the columns :data:`SUMMARY_COLUMNS`: the point's key
-(:data:`KEY_COLUMNS`), then each measure's columns in the order of
-:data:`DEFAULT_MEASURES`, then ``profile_file``.
+The measures (``--measure``, a comma list; ``gradients`` and ``mean_field`` are
+always on, the others only when asked):
+
+``gradients``
+    ``log10_ratio``, its spread, the per-step ``rate`` of ln‖∂L/∂h_t‖ (the typical
+    rate: the fit of the mean over sequences of ln‖g_t‖, which is the mean over
+    sequences of each sequence's fitted slope), the regime.
+``mean_field``
+    The annealed mean-field χ, ½ ln χ and T·½ log10 χ of every cell whose registry
+    entry names a theory (:func:`rnnsim.theory.for_cell`), with gaussian init.
+``rates``
+    Bootstrap 95% intervals over the sequences for ``rate`` and ``log10_ratio``, and
+    the mean rate: the rate of ½ ln of the mean over sequences of ‖g_t‖² (the growth
+    of the mean, which the mean field speaks of, against the typical growth).
+``lyapunov``
+    The top Lyapunov exponent λ_max of the input-driven forward dynamics (its
+    interval over sequences) and λ_k (``--lyap-k``), over the same networks and
+    inputs; the spectrum goes into the profile file.
+``pascanu``
+    σ_max(W_hh) of every network, and the Pascanu, Mikolov & Bengio (2013) bound
+    σ_max·γ where the cell has one (see :data:`PASCANU_GAMMA`).
+
+``summary.csv`` has the columns :func:`columns`: the point's key
+(:data:`KEY_COLUMNS`), then each chosen measure's columns in the order of
+:data:`MEASURES`, then ``profile_file``. With the default measures they are
+:data:`SUMMARY_COLUMNS`, as before the optional measures existed.
 """
 from __future__ import annotations
 
@@ -19,6 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
+
+from . import bootstrap
 
 REGIMES = ("vanishing", "stable", "exploding")
 _LN10 = math.log(10.0)
@@ -34,12 +60,23 @@ class Column:
 
 
 @dataclass(frozen=True)
+class Array:
+    """One per-point array of the profile files: its name, its shape after the point axis
+    as a function of (config, T), and what it holds."""
+
+    name: str
+    shape: Callable   # (config, T) -> tuple
+    meaning: str
+
+
+@dataclass(frozen=True)
 class Call:
     """One ensemble call of one (cell, T): what every measure may read.
 
     ``points`` are the (scale, seed) of the networks in call order; ``results`` maps
     each computation a measure needs to its output (``"gradients"``: the dict of
-    :func:`rnnsim.gradients`, with the ensemble axis over ``points``).
+    :func:`rnnsim.gradients`, with the ensemble axis over ``points``; ``"lyapunov"``:
+    the dict of :func:`rnnsim.lyapunov`; ``"sigma_max"``: an (E,) array).
     """
 
     config: Any  # SweepConfig
@@ -52,7 +89,7 @@ class Call:
 @dataclass(frozen=True)
 class Output:
     """What a measure returns for one call: one dict of column values per point, and
-    per-step arrays (first axis over the points) for the profile file."""
+    per-point arrays (first axis over the points) for the profile file."""
 
     rows: list
     arrays: dict = field(default_factory=dict)
@@ -64,10 +101,11 @@ class Measure:
 
     name: str
     columns: tuple                 # of Column, in summary order
-    needs: tuple                   # computations: "gradients" (later "lyapunov", "train")
+    needs: tuple                   # computations: "gradients", "lyapunov", "sigma_max"
     evaluate: Callable             # (Call, prepared) -> Output
     prepare: Callable = field(default=lambda config: None)  # once per sweep: config -> prepared
-    arrays: tuple = ()             # names of the per-step arrays it writes into the profile files
+    arrays: tuple = ()             # of Array: what it writes into the profile files
+    always: bool = False           # on in every sweep, whatever --measure says
 
 
 # --------------------------------------------------------------------------- helpers
@@ -83,6 +121,23 @@ def rate_window(T: int):
     return (0, T) if hi - lo < 2 else (lo, hi)
 
 
+MEAN_RATE_STEPS = 65
+"""At most this many evenly spaced steps of the fit window carry the mean rate (see :func:`rate_grid`)."""
+
+
+def rate_grid(T: int) -> np.ndarray:
+    """The steps of :func:`rate_window` on which the mean rate is fitted: all of them, or
+    :data:`MEAN_RATE_STEPS` evenly spaced ones (ends included) when the window is longer.
+
+    The mean rate needs every sequence's profile at these steps for its bootstrap (in
+    the summary and, pooled over networks, in the figures), so they are kept few.
+    """
+    lo, hi = rate_window(T)
+    if hi - lo + 1 <= MEAN_RATE_STEPS:
+        return np.arange(lo, hi + 1)
+    return np.unique(np.rint(np.linspace(lo, hi, MEAN_RATE_STEPS)).astype(np.int64))
+
+
 def fit_rate(log_profile, T):
     r"""Least-squares per-step rate of ln‖∂L/∂h_t‖ going back in time.
 
@@ -95,7 +150,7 @@ def fit_rate(log_profile, T):
     -------
     array (...): :math:`r = -\,\mathrm{d}\ln\|g_t\|/\mathrm{d}t` over :func:`rate_window`,
     so that :math:`\|g_{t-1}\| \approx e^{r}\|g_t\|`; the mean field predicts
-    :math:`r = \tfrac12\ln\chi`.
+    :math:`r = \tfrac12\ln\chi` for the mean growth.
     """
     lo, hi = rate_window(T)
     t = np.arange(lo, hi + 1, dtype=np.float64)
@@ -110,6 +165,11 @@ def regime_of(log10_ratio, threshold):
     r = np.asarray(log10_ratio, dtype=np.float64)
     labels = np.where(r < -threshold, "vanishing", np.where(r > threshold, "exploding", "stable"))
     return np.where(np.isnan(r), "", labels)
+
+
+def lyapunov_warmup(T: int) -> int:
+    """Steps the Lyapunov measure discards before averaging: min(100, T // 4)."""
+    return min(100, T // 4)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -138,6 +198,10 @@ def _gradients(call: Call, _prepared) -> Output:
     return Output(rows, arrays)
 
 
+def _steps(config, T):
+    return (T + 1,)
+
+
 GRADIENTS = Measure(
     name="gradients",
     columns=(
@@ -146,23 +210,33 @@ GRADIENTS = Measure(
         Column("log10_grad_norm_params", float, "log10 of the global norm of all parameter gradients"),
         Column("loss", float, "the loss of the network on its sequences"),
         Column("regime", str, "vanishing / stable / exploding: log10_ratio against ∓threshold"),
-        Column("rate", float, "measured per-step rate of ln‖∂L/∂h_t‖ going back (see fit_rate)"),
+        Column("rate", float, "typical per-step rate of ln‖∂L/∂h_t‖ going back: the fit of its mean over "
+                              "sequences (see fit_rate)"),
     ),
     needs=("gradients",),
     evaluate=_gradients,
-    arrays=("log10_grad_norm_mean", "log10_grad_norm_std"),
+    arrays=(Array("log10_grad_norm_mean", _steps, "mean over sequences of log10‖∂L/∂h_t‖, t = 0..T "
+                                                  "(float32)"),
+            Array("log10_grad_norm_std", _steps, "its standard deviation over sequences (float32)")),
+    always=True,
 )
 
 
 # --------------------------------------------------------------------------- mean field
 
-def _chi_of_scale(config) -> dict:
-    """χ of every scale of the sweep, computed once, over the whole array of scales."""
-    if not any(config.theory_applies(cell) for cell in config.cell):
-        return {}
+def _mean_field_of_scale(config) -> dict:
+    """{cell: {scale: χ}} for every cell of the sweep whose theory applies, computed once per
+    sweep over the whole array of scales (through the theory module the registry names)."""
     from .. import theory
-    chis = np.atleast_1d(theory.chi(np.array(config.scales), config.input_scale, config.bias_scale))
-    return dict(zip(config.scales, chis.tolist()))
+
+    found = {}
+    for cell in config.cell:
+        if config.theory_applies(cell):
+            module = theory.for_cell(cell)
+            mf = module.mean_field_of(cell, np.array(config.scales), config.input_scale, config.bias_scale,
+                                      config.gate_bias(cell))
+            found[cell] = dict(zip(config.scales, mf["chi"].tolist()))
+    return found
 
 
 def _mean_field(call: Call, chi_of_scale) -> Output:
@@ -170,7 +244,7 @@ def _mean_field(call: Call, chi_of_scale) -> Output:
     rows = []
     for scale, _seed in call.points:
         row = {"mf_chi": None, "mf_rate": None, "mf_log10_ratio": None, "mf_regime": ""}
-        chi = chi_of_scale.get(scale) if config.theory_applies(call.cell) else None
+        chi = chi_of_scale.get(call.cell, {}).get(scale)
         if chi is not None and math.isfinite(chi) and chi > 0:
             row["mf_chi"] = chi
             row["mf_rate"] = 0.5 * math.log(chi)
@@ -184,21 +258,154 @@ def _mean_field(call: Call, chi_of_scale) -> Output:
 MEAN_FIELD = Measure(
     name="mean_field",
     columns=(
-        Column("mf_chi", float, "mean-field χ (cells with a theory and gaussian init only, else empty)"),
-        Column("mf_rate", float, "½ ln χ, to compare with rate"),
+        Column("mf_chi", float, "annealed mean-field χ (cells whose registry entry names a theory, gaussian "
+                                "init; else empty)"),
+        Column("mf_rate", float, "½ ln χ, the mean field's rate of the mean growth, to compare with rate"),
         Column("mf_log10_ratio", float, "T · ½ log10 χ, to compare with log10_ratio (loss=\"last\" only)"),
         Column("mf_regime", str, "the regime mf_log10_ratio implies"),
     ),
     needs=(),
     evaluate=_mean_field,
-    prepare=_chi_of_scale,
+    prepare=_mean_field_of_scale,
+    always=True,
+)
+
+
+# --------------------------------------------------------------------------- rates with intervals
+
+def _per_sequence(call: Call):
+    """Per-sequence slopes and log10 ratios (E, B), and ln‖g‖ on the mean rate's grid (E, B, m)."""
+    log_norm = call.results["gradients"]["log_grad_norm"]
+    T = call.T
+    ratio = (log_norm[..., 0] - log_norm[..., T]) / _LN10
+    return fit_rate(log_norm, T), ratio, log_norm[..., rate_grid(T)]
+
+
+def _rates(call: Call, _prepared) -> Output:
+    slopes, ratio, grid_norm = _per_sequence(call)
+    steps = rate_grid(call.T)
+    B = slopes.shape[1]
+    rows = []
+    for e, (scale, seed) in enumerate(call.points):
+        w = bootstrap.weights(bootstrap.point_rng(call.cell, call.T, scale, seed, tag=1), 1, B)
+        rate_lo, rate_hi = bootstrap.interval(bootstrap.weighted_mean(w, slopes[e][None]))
+        ratio_lo, ratio_hi = bootstrap.interval(bootstrap.weighted_mean(w, ratio[e][None]))
+        mean_rate = bootstrap.weighted_mean_rate(np.ones((1, 1, B)), grid_norm[e][None], steps)[0]
+        mean_lo, mean_hi = bootstrap.interval(bootstrap.weighted_mean_rate(w, grid_norm[e][None], steps))
+        rows.append({"rate_lo": float(rate_lo), "rate_hi": float(rate_hi), "rate_mean": float(mean_rate),
+                     "rate_mean_lo": float(mean_lo), "rate_mean_hi": float(mean_hi),
+                     "log10_ratio_lo": float(ratio_lo), "log10_ratio_hi": float(ratio_hi)})
+    arrays = {"rate_seq": slopes, "log10_ratio_seq": ratio, "log_grad_norm_grid": grid_norm}
+    return Output(rows, arrays)
+
+
+def _sequences(config, T):
+    return (config.batch,)
+
+
+def _grid_shape(config, T):
+    return (config.batch, len(rate_grid(T)))
+
+
+RATES = Measure(
+    name="rates",
+    columns=(
+        Column("rate_lo", float, "bootstrap 95% interval of rate over the sequences: lower end"),
+        Column("rate_hi", float, "… upper end"),
+        Column("rate_mean", float, "mean rate: per-step rate of ½ ln of the mean over sequences of "
+                                   "‖∂L/∂h_t‖², fitted on rate_grid(T)"),
+        Column("rate_mean_lo", float, "bootstrap 95% interval of rate_mean over sequences: lower end"),
+        Column("rate_mean_hi", float, "… upper end"),
+        Column("log10_ratio_lo", float, "bootstrap 95% interval of log10_ratio over sequences: lower end"),
+        Column("log10_ratio_hi", float, "… upper end"),
+    ),
+    needs=("gradients",),
+    evaluate=_rates,
+    arrays=(Array("rate_seq", _sequences, "each sequence's fitted rate (float64)"),
+            Array("log10_ratio_seq", _sequences, "each sequence's log10 ratio (float64)"),
+            Array("log_grad_norm_grid", _grid_shape, "each sequence's ln‖∂L/∂h_t‖ at the steps "
+                                                     "rate_grid(T)")),
+)
+
+
+# --------------------------------------------------------------------------- Lyapunov exponents
+
+def _lyapunov(call: Call, _prepared) -> Output:
+    per_sequence = call.results["lyapunov"]["exponents_per_sequence"]      # (E, B, k)
+    B = per_sequence.shape[1]
+    top = per_sequence[..., 0]
+    spectrum = per_sequence.mean(axis=1)                                    # (E, k)
+    rows = []
+    for e, (scale, seed) in enumerate(call.points):
+        w = bootstrap.weights(bootstrap.point_rng(call.cell, call.T, scale, seed, tag=2), 1, B)
+        lo, hi = bootstrap.interval(bootstrap.weighted_mean(w, top[e][None]))
+        rows.append({"lyap_max": float(spectrum[e, 0]), "lyap_max_lo": float(lo), "lyap_max_hi": float(hi),
+                     "lyap_k": float(spectrum[e, -1])})
+    return Output(rows, {"lyap_max_seq": top.copy(), "lyap_spectrum": spectrum})
+
+
+def _spectrum_shape(config, T):
+    return (config.lyap_k,)
+
+
+LYAPUNOV = Measure(
+    name="lyapunov",
+    columns=(
+        Column("lyap_max", float, "top Lyapunov exponent λ_max of the forward dynamics (nats per step, "
+                                  "mean over sequences; warm-up min(100, T//4) steps, QR every step)"),
+        Column("lyap_max_lo", float, "bootstrap 95% interval of lyap_max over the sequences: lower end"),
+        Column("lyap_max_hi", float, "… upper end"),
+        Column("lyap_k", float, "λ_k, the k-th exponent (k = lyap-k; λ_max when k = 1)"),
+    ),
+    needs=("lyapunov",),
+    evaluate=_lyapunov,
+    arrays=(Array("lyap_max_seq", _sequences, "each sequence's λ_max"),
+            Array("lyap_spectrum", _spectrum_shape, "λ_1 ≥ … ≥ λ_k, mean over sequences")),
+)
+
+
+# --------------------------------------------------------------------------- Pascanu bound
+
+PASCANU_GAMMA = {"rnn": 1.0}
+r"""γ of the Pascanu, Mikolov & Bengio (2013) bound, by cell: ‖∂h_t/∂h_{t-1}‖ ≤ σ_max(W_hh)·γ.
+
+For the rnn, :math:`\partial h_t/\partial h_{t-1} = \mathrm{diag}(\tanh'(a_t))\,W_{hh}` and
+|tanh'| ≤ 1, so γ = 1, and σ_max(W_hh) < 1 makes every step a contraction: gradients
+vanish at least geometrically, whatever the inputs. The gated cells have no such γ:
+the Jacobian of the lstm's step on (h, c) holds the block ∂c_t/∂c_{t-1} = diag(f_t),
+and the gru's tends to the identity as its update gate z_t → 1; both gates reach
+values arbitrarily close to 1 for large enough inputs (x is Gaussian, unbounded),
+whatever W_hh is, so sup_t ‖J_t‖ ≥ 1 and no bound on W_hh alone guarantees vanishing.
+Their ``pascanu_bound`` is empty; their ``sigma_max`` is still recorded.
+"""
+
+
+def _pascanu(call: Call, _prepared) -> Output:
+    sigma = call.results["sigma_max"]
+    gamma = PASCANU_GAMMA.get(call.cell)
+    rows = [{"sigma_max": float(s), "pascanu_bound": None if gamma is None else float(s) * gamma}
+            for s in sigma]
+    return Output(rows)
+
+
+PASCANU = Measure(
+    name="pascanu",
+    columns=(
+        Column("sigma_max", float, "largest singular value of the network's W_hh (all G·H rows)"),
+        Column("pascanu_bound", float, "σ_max·γ (Pascanu et al. 2013): below 1 vanishing is guaranteed; "
+                                       "empty for cells without a γ (the gated cells)"),
+    ),
+    needs=("sigma_max",),
+    evaluate=_pascanu,
 )
 
 
 # --------------------------------------------------------------------------- registry and columns
 
-MEASURES = {m.name: m for m in (GRADIENTS, MEAN_FIELD)}
-DEFAULT_MEASURES = ("gradients", "mean_field")
+MEASURES = {m.name: m for m in (GRADIENTS, MEAN_FIELD, RATES, LYAPUNOV, PASCANU)}
+"""Every measure, in summary order."""
+
+DEFAULT_MEASURES = tuple(name for name, m in MEASURES.items() if m.always)
 
 KEY_COLUMNS = (
     Column("cell", str, "the recurrent cell"),
@@ -217,21 +424,47 @@ def get(name: str) -> Measure:
     return MEASURES[name]
 
 
+def parse_measures(value, name: str = "measure") -> tuple:
+    """Measure names from ``"gradients,lyapunov"`` or a list, in :data:`MEASURES` order, the
+    always-on ones (gradients, mean_field) included whether named or not."""
+    if isinstance(value, str):
+        items = [p.strip() for p in value.split(",")]
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
+        items = [v.strip() for v in value]
+    else:
+        raise TypeError(f"{name}: expected a comma list such as 'gradients,lyapunov', got {value!r}")
+    if not all(items):
+        raise ValueError(f"{name}: malformed list {value!r}; expected names separated by commas")
+    for item in items:
+        if item not in MEASURES:
+            raise ValueError(f"{name}: unknown measure {item!r}; expected some of {', '.join(MEASURES)}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"{name}: a measure appears twice in {value!r}")
+    return tuple(n for n, m in MEASURES.items() if m.always or n in items)
+
+
 def chosen(names=DEFAULT_MEASURES) -> tuple:
     return tuple(get(n) for n in names)
 
 
 def columns(names=DEFAULT_MEASURES) -> tuple:
-    """Every summary column (:class:`Column`), in file order."""
+    """Every summary column (:class:`Column`) of the measures ``names``, in file order."""
     return KEY_COLUMNS + tuple(column for m in chosen(names) for column in m.columns) + (PROFILE_COLUMN,)
 
 
+def column_names(names=DEFAULT_MEASURES) -> tuple:
+    return tuple(c.name for c in columns(names))
+
+
 def profile_arrays(names=DEFAULT_MEASURES) -> tuple:
-    """Names of the per-step arrays of the profile files, besides ``scale`` and ``seed``."""
+    """The :class:`Array` of the profile files of the measures ``names``, besides ``scale`` and ``seed``."""
     return tuple(a for m in chosen(names) for a in m.arrays)
 
 
-SUMMARY_COLUMNS = tuple(column.name for column in columns())
-"""The columns of summary.csv, in order."""
+SUMMARY_COLUMNS = column_names()
+"""The columns of summary.csv with the default measures, in order."""
 
-COLUMN_MEANINGS = {column.name: column.meaning for column in columns()}
+ALL_COLUMNS = KEY_COLUMNS + tuple(c for m in MEASURES.values() for c in m.columns) + (PROFILE_COLUMN,)
+
+COLUMN_MEANINGS = {column.name: column.meaning for column in ALL_COLUMNS}
+"""What every column any measure can write means."""

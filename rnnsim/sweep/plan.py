@@ -53,7 +53,16 @@ def call_bytes(config, cell: str, T: int, networks: int, *, workers: int) -> int
     drawing = _memory.init_bytes(spec.G, 1, H, D, K, itemsize) + B * T * D * 8
     data = min(E, config.seeds) * one_data
     derived = 4 * E * B * (T + 1) * 8
+    if "lyapunov" in config.measure:  # runs after the gradients, whose results it sits beside
+        n, k = len(spec.state) * H, config.lyap_k
+        derived += (8 * E * B * (4 * k * n + T) + 8 * n * n           # what rnnsim.lyapunov checks for
+                    + E * _memory.params_bytes(spec.G, 1, H, D, K, 8) + E * B * T * D * 8)  # float64 copies
     return engine + stacked + drawing + data + derived
+
+
+def _profile_bytes(config, T) -> int:
+    """Bytes of one point's arrays in a profile file (float64 at most)."""
+    return sum(8 * int(np.prod(a.shape(config, T))) for a in measures.profile_arrays(config.measure))
 
 
 @dataclass(frozen=True)
@@ -90,7 +99,6 @@ def plan_sweep(config, device: str) -> Plan:
     itemsize = np.dtype(config.dtype).itemsize
     B, H, D, K = config.batch, config.hidden, config.input_size, config.classes
     workers = _workers(device)
-    n_arrays = len(measures.profile_arrays())
 
     keep_networks = {}
     for cell in config.cell:
@@ -105,7 +113,7 @@ def plan_sweep(config, device: str) -> Plan:
     for cell in config.cell:
         G = cells.get(cell).G
         for T in sorted(config.lengths, reverse=True):  # the largest call first: its refusal says most
-            resident = table + 3 * per_group * (T + 1) * 4 * n_arrays  # the profile file being merged
+            resident = table + 3 * per_group * _profile_bytes(config, T)  # the profile file being merged
             if keep_networks[cell]:
                 resident += _memory.params_bytes(G, per_group, H, D, K, itemsize)
             if keep_data[T]:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import cells
-from ..engine import gradients, resolve_device
+from ..engine import gradients, lyapunov, resolve_device
 from ..init import init_params
 from . import measures, store
 from .config import SweepConfig, configure
@@ -38,7 +38,25 @@ def _compute_gradients(config, cell, T, points, device, networks, data):
     return gradients(cell, params, inputs, targets, loss=config.loss, device=device)
 
 
-COMPUTATIONS = {"gradients": _compute_gradients}
+def _compute_lyapunov(config, cell, T, points, device, networks, data):
+    """The "lyapunov" computation of one call: :func:`rnnsim.lyapunov` over the same networks and
+    inputs as the gradients, top ``lyap-k`` exponents, QR every step, warm-up
+    :func:`~rnnsim.sweep.measures.lyapunov_warmup` (always on the CPU, in float64)."""
+    params = {k: np.concatenate([p[k] for p in networks]) for k in networks[0]}
+    inputs = np.stack([data[seed][0] for _, seed in points])
+    return lyapunov(cell, params, inputs, k=config.lyap_k, qr_every=1, warmup=measures.lyapunov_warmup(T),
+                    device="cpu")
+
+
+def _compute_sigma_max(config, cell, T, points, device, networks, data):
+    """The "sigma_max" computation: the largest singular value of every network's W_hh (G·H x H),
+    in float64 (LAPACK's SVD; the same network gives the same value at every T)."""
+    return np.array([np.linalg.svd(p["weight_hh_l0"][0].astype(np.float64), compute_uv=False)[0]
+                     for p in networks])
+
+
+COMPUTATIONS = {"gradients": _compute_gradients, "lyapunov": _compute_lyapunov,
+                "sigma_max": _compute_sigma_max}
 """What measures may need computed, by name: (config, cell, T, points, device, networks, data) -> result."""
 
 
@@ -62,7 +80,8 @@ class _Caches:
                 params = init_params(
                     cell, config.hidden, config.input_size, config.classes, 1, scheme=config.init,
                     scale=scale, input_scale=config.input_scale, bias_scale=config.bias_scale,
-                    forget_bias=config.forget_bias, seed=seed, dtype=config.dtype)
+                    forget_bias=config.forget_bias, update_bias=config.update_bias, seed=seed,
+                    dtype=config.dtype)
                 if keep:
                     self.networks[(scale, seed)] = params
             found.append(params)
@@ -115,8 +134,9 @@ def run_sweep(config, out=None, *, device=None, resume=False, overwrite=False, p
     -------
     dict
         ``points_total``, ``points_computed``, ``points_skipped``, ``calls``,
-        ``wall_seconds`` (the whole call), ``kernel_seconds`` (inside
-        :func:`rnnsim.gradients`), ``kernel_share`` (None without calls). Also stored
+        ``wall_seconds`` (the whole call), ``kernel_seconds`` (inside the computations:
+        :func:`rnnsim.gradients`, and :func:`rnnsim.lyapunov` and the SVDs of W_hh where
+        a measure needs them), ``kernel_share`` (None without calls). Also stored
         in the manifest. A resume of a finished sweep writes nothing and returns
         ``calls == 0`` and ``nothing_to_do`` True.
 
@@ -143,8 +163,29 @@ def run_sweep(config, out=None, *, device=None, resume=False, overwrite=False, p
         return _run(config, out, resolved, plan, calls, folder.done, folder.manifest, progress, wall_start)
 
 
+def _refreshed(config, done, chosen, prepared):
+    """The finished rows with the columns of the measures that need no computation (the mean
+    field) evaluated again: they depend only on the configuration and the point, so a folder
+    resumed by a newer rnnsim holds one theory in every row (and the same numbers otherwise)."""
+    pure = [m for m in chosen if not m.needs]
+    by_call = {}
+    for key in done:
+        by_call.setdefault(key[:2], []).append(key)
+    rows = {}
+    for (cell, T), keys in by_call.items():
+        call = measures.Call(config, cell, T, tuple((k[2], k[3]) for k in keys), {})
+        outputs = [m.evaluate(call, prepared[m.name]) for m in pure]
+        for e, key in enumerate(keys):
+            row = dict(done[key])
+            for output in outputs:
+                row.update(output.rows[e])
+            rows[key] = row
+    return rows
+
+
 def _run(config, out, device, plan, calls, done, old_manifest, progress, wall_start):
-    chosen = measures.chosen()
+    chosen = measures.chosen(config.measure)
+    names = measures.column_names(config.measure)
     prepared = {m.name: m.prepare(config) for m in chosen}
     needed = [name for name in COMPUTATIONS if any(name in m.needs for m in chosen)]
     earlier = [{k: old_manifest.get(k) for k in ("started", "finished", "status", "device", "device_name",
@@ -167,7 +208,8 @@ def _run(config, out, device, plan, calls, done, old_manifest, progress, wall_st
         progress(0, total, "")
     grid = {(scale, seed) for scale in config.scales for seed in range(config.seeds)}
     order = {c: i for i, c in enumerate(config.cell)}
-    lines = {(order[r["cell"]], r["T"], r["scale"], r["seed"]): store.csv_line(r) for r in done.values()}
+    lines = {(order[r["cell"]], r["T"], r["scale"], r["seed"]): store.csv_line(r, names)
+             for r in _refreshed(config, done, chosen, prepared).values()}
     caches = _Caches(config, plan)
     kernel_seconds, computed = 0.0, 0
     for cell, T, points in calls:
@@ -185,22 +227,22 @@ def _run(config, out, device, plan, calls, done, old_manifest, progress, wall_st
         for output in outputs:
             arrays.update(output.arrays)
         # Profiles first: a summary row never points at a profile that is not on disk.
-        store.merge_profiles(out, cell, T, arrays, grid)
+        store.merge_profiles(out, cell, T, arrays, grid, config)
         for e, (scale, seed) in enumerate(points):
             row = {"cell": cell, "init": config.init, "hidden": config.hidden, "T": T, "scale": scale,
                    "seed": seed}
             for output in outputs:
                 row.update(output.rows[e])
             row["profile_file"] = store.profile_name(cell, T)
-            lines[(order[cell], T, scale, seed)] = store.csv_line(row)
+            lines[(order[cell], T, scale, seed)] = store.csv_line(row, names)
         ordered = [lines[k] for k in sorted(lines)]
-        store.atomic_write(out / store.SUMMARY, lambda fh: fh.write(store.summary_bytes(ordered)))
+        store.atomic_write(out / store.SUMMARY, lambda fh: fh.write(store.summary_bytes(ordered, names)))
         computed += len(points)
         if progress is not None:
             progress(cost[cell] * T * len(points), total, f"{cell} T={T}")
 
     if not calls and not (out / store.SUMMARY).is_file():
-        store.atomic_write(out / store.SUMMARY, lambda fh: fh.write(store.summary_bytes([])))
+        store.atomic_write(out / store.SUMMARY, lambda fh: fh.write(store.summary_bytes([], names)))
     wall = time.perf_counter() - wall_start
     stats = {
         "points_total": config.n_points,

@@ -4,10 +4,12 @@
 - ``.rnnsim``: the marker, written (atomically) before anything else, so that a
   folder killed at any point is recognisably rnnsim's and can be resumed.
 - ``manifest.json``: configuration, provenance, status and run statistics.
-- ``summary.csv``: one row per finished point, :data:`SUMMARY_COLUMNS`; the index
-  of what is done.
-- ``profiles/<cell>_T<T>.npz``: ``scale`` (n,), ``seed`` (n,) and the per-step
-  arrays of the measures, (n, T+1) each.
+- ``summary.csv``: one row per finished point, the columns of the sweep's measures
+  (:data:`SUMMARY_COLUMNS` with the default ones); the index of what is done.
+- ``profiles/<cell>_T<T>.npz``: ``scale`` (n,), ``seed`` (n,) and the arrays of the
+  measures (:class:`rnnsim.sweep.measures.Array`), (n, ...) each: the per-step
+  profiles (n, T+1), and with the optional measures per-sequence values and the
+  Lyapunov spectra.
 
 Every file is written to a temporary file beside it, fsync'ed and renamed
 (:func:`rnnsim._io.atomic_write`). Readers validate what they read, and a damaged
@@ -35,10 +37,11 @@ MANIFEST = "manifest.json"
 SUMMARY = "summary.csv"
 PROFILES_DIR = "profiles"
 MARKER = ".rnnsim"
-FIGURE_PATTERNS = ("phase_*.png", "phase_*.pdf", "profiles.png", "profiles.pdf", "rates.png", "rates.pdf")
+FIGURE_PATTERNS = ("phase_*.png", "phase_*.pdf", "profiles.png", "profiles.pdf", "rates.png", "rates.pdf",
+                   "spectrum.png", "spectrum.pdf")
 MANIFEST_FORMAT = 1
 SUMMARY_COLUMNS = measures.SUMMARY_COLUMNS
-_KINDS = {c.name: c.kind for c in measures.columns()}
+_KINDS = {c.name: c.kind for c in measures.ALL_COLUMNS}
 _MARKER_TEXT = json.dumps({"tool": "rnnsim", "contents": "sweep results", "format": MANIFEST_FORMAT}) + "\n"
 
 
@@ -89,10 +92,16 @@ def _cell_value(kind, text):
     return int(text) if kind is int else float(text)
 
 
+def summary_columns(config: SweepConfig | None = None) -> tuple:
+    """The columns of ``summary.csv`` for the measures of ``config`` (default measures if None)."""
+    return measures.column_names(config.measure) if config is not None else SUMMARY_COLUMNS
+
+
 def read_summary(out, config: SweepConfig | None = None) -> list:
     """The rows of ``summary.csv`` as dicts, numbers parsed (empty cells -> None).
 
-    With ``config``, every row must be a distinct point of that sweep. Raises
+    With ``config``, the file must hold the columns of its measures and every row
+    must be a distinct point of that sweep. Raises
     ``OSError`` if the file cannot be read and ``ValueError`` naming the file and
     line if it is damaged.
     """
@@ -101,7 +110,7 @@ def read_summary(out, config: SweepConfig | None = None) -> list:
     try:
         with open(path, newline="") as fh:
             reader = csv.DictReader(fh)
-            if reader.fieldnames is None or not set(SUMMARY_COLUMNS) <= set(reader.fieldnames):
+            if reader.fieldnames is None or not set(summary_columns(config)) <= set(reader.fieldnames):
                 raise ValueError("it lacks the summary columns")
             for raw in reader:
                 if None in raw or None in raw.values():
@@ -138,8 +147,9 @@ def _check_rows(path, rows, config: SweepConfig) -> None:
         seen.add(key)
 
 
-def read_profiles(out, cell, T) -> dict:
-    """The profile arrays of one (cell, T), validated: ``scale``, ``seed`` and the measures' arrays.
+def read_profiles(out, cell, T, config: SweepConfig | None = None) -> dict:
+    """The profile arrays of one (cell, T), validated: ``scale``, ``seed`` and the arrays of the
+    measures of ``config`` (the default measures if None).
 
     Raises ``OSError`` if the file cannot be read and ``ValueError`` naming the file
     if it is damaged (not an .npz archive, truncated, arrays missing or of the wrong shape).
@@ -157,7 +167,8 @@ def read_profiles(out, cell, T) -> dict:
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, KeyError, RuntimeError,
             AttributeError) as exc:  # what np.load raises for truncated, corrupt or foreign files
         raise ValueError(f"{path} is damaged: {_reason(exc)}") from None
-    for key in ("scale", "seed", *measures.profile_arrays()):
+    arrays = measures.profile_arrays(config.measure if config is not None else measures.DEFAULT_MEASURES)
+    for key in ("scale", "seed", *(a.name for a in arrays)):
         if key not in data:
             raise ValueError(f"{path} is damaged: it lacks the array {key!r}")
     n = data["scale"].shape[0] if data["scale"].ndim == 1 else -1
@@ -165,10 +176,11 @@ def read_profiles(out, cell, T) -> dict:
             or data["seed"].dtype.kind not in "iu"):
         raise ValueError(f"{path} is damaged: 'scale' and 'seed' must be float and integer arrays "
                          "of one length")
-    for key in measures.profile_arrays():
-        if data[key].shape != (n, T + 1) or data[key].dtype.kind != "f":
+    for array in arrays:
+        key, shape = array.name, (n, *array.shape(config, T))
+        if data[key].shape != shape or data[key].dtype.kind != "f":
             raise ValueError(f"{path} is damaged: {key!r} has shape {data[key].shape} and dtype "
-                             f"{data[key].dtype}; expected ({n}, {T + 1}) floats")
+                             f"{data[key].dtype}; expected {shape} floats")
     if len(set(zip(data["scale"].tolist(), data["seed"].tolist()))) != n:
         raise ValueError(f"{path} is damaged: a (scale, seed) appears twice")
     return data
@@ -188,18 +200,18 @@ def _format(value):
     return str(value)
 
 
-def csv_line(row) -> str:
+def csv_line(row, names=SUMMARY_COLUMNS) -> str:
     buf = io.StringIO()
-    csv.writer(buf, lineterminator="\n").writerow([_format(row[c]) for c in SUMMARY_COLUMNS])
+    csv.writer(buf, lineterminator="\n").writerow([_format(row[c]) for c in names])
     return buf.getvalue()
 
 
-def summary_bytes(lines) -> bytes:
+def summary_bytes(lines, names=SUMMARY_COLUMNS) -> bytes:
     """The summary file from already formatted rows (formatted once: the file is rewritten often)."""
-    return (",".join(SUMMARY_COLUMNS) + "\n" + "".join(lines)).encode()
+    return (",".join(names) + "\n" + "".join(lines)).encode()
 
 
-def merge_profiles(out, cell, T, new: dict, grid: set) -> None:
+def merge_profiles(out, cell, T, new: dict, grid: set, config: SweepConfig | None = None) -> None:
     """Add ``new`` entries to the profile file of (cell, T), replacing the same (scale, seed).
 
     Old entries outside ``grid`` (the sweep's (scale, seed) pairs) are dropped.
@@ -207,7 +219,7 @@ def merge_profiles(out, cell, T, new: dict, grid: set) -> None:
     out = Path(out)
     path = out / profile_name(cell, T)
     if path.is_file():
-        old = read_profiles(out, cell, T)
+        old = read_profiles(out, cell, T, config)
         replaced = set(zip(new["scale"].tolist(), new["seed"].tolist()))
         keep = np.array([key not in replaced and key in grid
                          for key in zip(old["scale"].tolist(), old["seed"].tolist())], dtype=bool)
@@ -262,17 +274,17 @@ def check_folder(out, config: SweepConfig, *, resume=False, overwrite=False) -> 
     if not (out / MANIFEST).is_file():
         raise ValueError(f"cannot resume {out}: it holds results but no {MANIFEST}; use --overwrite")
     manifest = read_manifest(out)
-    old, new = manifest["config"], config.as_dict()
-    if old != new:
-        diff = [k for k in sorted(set(new) | set(old), key=str) if old.get(k) != new.get(k)]
+    stored = manifest_config(out, manifest)  # keys written before they existed read as their defaults
+    diff = config.same_results_as(stored.as_dict())
+    if diff:
         raise ValueError(f"cannot resume {out}: it was written with a different configuration "
-                         f"({', '.join(map(str, diff))} differ)")
+                         f"({', '.join(diff)} differ)")
     rows = read_summary(out, config) if (out / SUMMARY).is_file() else []
     on_disk = {}
     for cell in config.cell:
         for T in config.lengths:
             if (out / profile_name(cell, T)).exists():
-                data = read_profiles(out, cell, T)
+                data = read_profiles(out, cell, T, config)
                 on_disk[(cell, T)] = set(zip(data["scale"].tolist(), data["seed"].tolist()))
     for row in rows:
         if (row["scale"], row["seed"]) in on_disk.get((row["cell"], row["T"]), ()):
