@@ -219,11 +219,13 @@ def test_pascanu_columns(run):
         params = rnnsim.init_params(r["cell"], 8, 3, 4, 1, scale=r["scale"], forget_bias=0.5,
                                     update_bias=-0.5, seed=r["seed"])
         assert r["sigma_max"] == pytest.approx(np.linalg.norm(params["weight_hh_l0"][0], 2), rel=1e-12)
-        if r["cell"] in measures.PASCANU_GAMMA:
-            assert r["pascanu_bound"] == r["sigma_max"] * measures.PASCANU_GAMMA[r["cell"]]
+        gamma = cells.get(r["cell"]).pascanu_gamma
+        if gamma is not None:
+            assert r["pascanu_bound"] == r["sigma_max"] * gamma
         else:
             assert r["pascanu_bound"] is None
-    assert set(measures.PASCANU_GAMMA) <= set(cells.names())
+    assert cells.get("rnn").pascanu_gamma == 1.0  # |tanh'| <= 1
+    assert all(cells.get(c).pascanu_gamma is None for c in cells.names() if cells.get(c).G > 1)
 
 
 def test_a_contraction_certified_by_the_bound_vanishes():

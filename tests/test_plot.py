@@ -276,7 +276,7 @@ def test_phase_diagrams_mark_lambda_zero_and_the_pascanu_bound(measured):
         assert any("lambda_{max}" in t for t in legend), legend
         pascanu = [t for t in legend if "Pascanu" in t]
         assert len(pascanu) == 1
-        if cell in sweep.PASCANU_GAMMA:
+        if cells.get(cell).pascanu_gamma is not None:
             assert "vanishing guaranteed" in pascanu[0]
         else:
             assert "no Pascanu bound" in pascanu[0]

@@ -65,6 +65,14 @@ class Cell:
     gpu_kernels: str = ""  # module under rnnsim.kernels: the numba.cuda twin
     gate_bias: tuple = ()  # (init_params keyword, gate): a constant added to that gate's bias rows
     theory: str = ""       # where its mean-field functions live ("" = none yet)
+    pascanu_gamma: float | None = None  # bound on |φ'| of the Pascanu et al. (2013) bound; see below
+
+    # Pascanu, Mikolov & Bengio (2013): ‖∂h_t/∂h_{t-1}‖ ≤ σ_max(W_hh)·γ when the step is
+    # diag(φ'(a_t)) W_hh with |φ'| ≤ γ, so σ_max(W_hh)·γ < 1 guarantees vanishing. The rnn has
+    # γ = 1 (tanh). The gated cells have none: the lstm's Jacobian on (h, c) holds
+    # ∂c_t/∂c_{t-1} = diag(f_t), and the gru's tends to the identity as z_t → 1; both gates
+    # come arbitrarily close to 1 for large enough (Gaussian, unbounded) inputs whatever
+    # W_hh is, so no condition on W_hh alone guarantees vanishing.
 
     @property
     def G(self) -> int:

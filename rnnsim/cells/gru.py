@@ -27,7 +27,7 @@ Kernels implementing the same equations:
   :func:`rnnsim.kernels.cpu_gru.gru_backward`;
 - GPU: ``gru_forward`` above ``gru_backward`` in :mod:`rnnsim.kernels.gpu_gru`.
 
-Mean-field theory: :func:`rnnsim.theory.gru_mean_field`.
+Mean-field theory: :func:`rnnsim.theory_gated.gru_mean_field`.
 """
 from __future__ import annotations
 

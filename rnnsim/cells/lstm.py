@@ -20,7 +20,8 @@ Kernels implementing the same equations:
   :func:`rnnsim.kernels.cpu_lstm.lstm_backward`;
 - GPU: ``lstm_forward`` above ``lstm_backward`` in :mod:`rnnsim.kernels.gpu_lstm`.
 
-Mean-field theory: none yet beyond the cell-path timescale
+Mean-field theory: :func:`rnnsim.theory_gated.lstm_mean_field` (the annealed fixed point
+and the 2x2 map on the (c, h) adjoint moments), beside the cell-path timescale
 :func:`rnnsim.theory.forget_timescale` (−1/ln σ(b_f)).
 """
 from __future__ import annotations

@@ -51,4 +51,4 @@ def tangent_step(p, cache, tangent):
 
 CELL = Cell(name="rnn", gates=("h",), state=("h",), cost=1.0, folded_bias=True,
             forward_step=forward_step, backward_step=backward_step, tangent_step=tangent_step,
-            cpu_kernels="cpu_rnn", gpu_kernels="gpu_rnn", theory="rnnsim.theory")
+            cpu_kernels="cpu_rnn", gpu_kernels="gpu_rnn", theory="rnnsim.theory", pascanu_gamma=1.0)

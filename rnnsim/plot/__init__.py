@@ -16,7 +16,7 @@ Figures
     ``lyapunov`` measure, the measured λ_max = 0 contour; with the ``pascanu`` measure,
     the scales at which every network has σ_max(W_hh)·γ < 1 (hatched: vanishing
     guaranteed; the gated cells have no such bound, see
-    :data:`rnnsim.sweep.measures.PASCANU_GAMMA`); with the ``rates`` measure, a dot
+    :attr:`rnnsim.cells.Cell.pascanu_gamma`); with the ``rates`` measure, a dot
     on every (T, S) whose 95% interval of log10_ratio over networks × sequences holds
     ±threshold, where the data do not settle the regime.
 ``profiles``

@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from .. import cells
-from ..sweep.measures import PASCANU_GAMMA, rate_grid
+from ..sweep.measures import rate_grid
 from ._common import (
     CellTheory,
     carry_paths,
@@ -102,7 +102,7 @@ def phase(rows, config, cell, th: CellTheory, per_sequence=None) -> Figure:
 
 def _pascanu(ax, rows, cell, scales):
     """Hatch the scales at which every network has σ_max(W_hh)·γ < 1 (Pascanu et al. 2013)."""
-    if cell not in PASCANU_GAMMA:
+    if cells.get(cell).pascanu_gamma is None:
         return _invisible(ax, f"no Pascanu bound for the {cell}: its carry gate can reach 1")
     bounds = defaultdict(list)
     for r in rows:
@@ -110,7 +110,7 @@ def _pascanu(ax, rows, cell, scales):
             bounds[r["scale"]].append(r["pascanu_bound"])
     safe = [s for s in scales if bounds.get(s) and max(bounds[s]) < 1.0]
     label = (rf"Pascanu bound: $\sigma_{{max}}(W_{{hh}})\,\gamma<1$ in every network ($\gamma$ = "
-             rf"{PASCANU_GAMMA[cell]:g}), vanishing guaranteed")
+             rf"{cells.get(cell).pascanu_gamma:g}), vanishing guaranteed")
     if not safe:
         return _invisible(ax, label.replace("in every network", "at no scale here"))
     e = edges(scales, log=False)

@@ -96,8 +96,7 @@ _LAZY = {
               "check_folder", "MANIFEST", "SUMMARY", "PROFILES_DIR", "MARKER", "FIGURE_PATTERNS",
               "atomic_write", "FolderInUseError"),
     "measures": ("fit_rate", "rate_window", "rate_grid", "regime_of", "lyapunov_warmup", "parse_measures",
-                 "REGIMES", "SUMMARY_COLUMNS", "COLUMN_MEANINGS", "MEASURES", "Measure", "Column", "Array",
-                 "PASCANU_GAMMA"),
+                 "REGIMES", "SUMMARY_COLUMNS", "COLUMN_MEANINGS", "MEASURES", "Measure", "Column", "Array"),
     "plan": ("CALL_MEMORY_BYTES", "plan_sweep"),
     "bootstrap": (),
 }

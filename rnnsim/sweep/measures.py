@@ -29,7 +29,7 @@ always on, the others only when asked):
     inputs; the spectrum goes into the profile file.
 ``pascanu``
     σ_max(W_hh) of every network, and the Pascanu, Mikolov & Bengio (2013) bound
-    σ_max·γ where the cell has one (see :data:`PASCANU_GAMMA`).
+    σ_max·γ where the cell has one (:attr:`rnnsim.cells.Cell.pascanu_gamma`).
 
 ``summary.csv`` has the columns :func:`columns`: the point's key
 (:data:`KEY_COLUMNS`), then each chosen measure's columns in the order of
@@ -44,9 +44,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import cells
 from . import bootstrap
+from .rates import MEAN_RATE_STEPS, REGIMES, fit_rate, rate_grid, rate_window, regime_of  # noqa: F401
 
-REGIMES = ("vanishing", "stable", "exploding")
 _LN10 = math.log(10.0)
 
 
@@ -106,65 +107,6 @@ class Measure:
     prepare: Callable = field(default=lambda config: None)  # once per sweep: config -> prepared
     arrays: tuple = ()             # of Array: what it writes into the profile files
     always: bool = False           # on in every sweep, whatever --measure says
-
-
-# --------------------------------------------------------------------------- helpers
-
-def rate_window(T: int):
-    """The steps [lo, hi] over which :func:`fit_rate` fits, the middle half of 0..T.
-
-    The first quarter is skipped because the forward pass starts at h_0 = 0 and needs
-    some steps before the pre-activation variance reaches q*; the last quarter keeps
-    the fit away from the readout end.
-    """
-    lo, hi = T // 4, T - T // 4
-    return (0, T) if hi - lo < 2 else (lo, hi)
-
-
-MEAN_RATE_STEPS = 65
-"""At most this many evenly spaced steps of the fit window carry the mean rate (see :func:`rate_grid`)."""
-
-
-def rate_grid(T: int) -> np.ndarray:
-    """The steps of :func:`rate_window` on which the mean rate is fitted: all of them, or
-    :data:`MEAN_RATE_STEPS` evenly spaced ones (ends included) when the window is longer.
-
-    The mean rate needs every sequence's profile at these steps for its bootstrap (in
-    the summary and, pooled over networks, in the figures), so they are kept few.
-    """
-    lo, hi = rate_window(T)
-    if hi - lo + 1 <= MEAN_RATE_STEPS:
-        return np.arange(lo, hi + 1)
-    return np.unique(np.rint(np.linspace(lo, hi, MEAN_RATE_STEPS)).astype(np.int64))
-
-
-def fit_rate(log_profile, T):
-    r"""Least-squares per-step rate of ln‖∂L/∂h_t‖ going back in time.
-
-    Parameters
-    ----------
-    log_profile : array (..., T+1)
-        ln‖∂L/∂h_t‖ (natural log), t = 0..T, usually the mean over sequences.
-
-    Returns
-    -------
-    array (...): :math:`r = -\,\mathrm{d}\ln\|g_t\|/\mathrm{d}t` over :func:`rate_window`,
-    so that :math:`\|g_{t-1}\| \approx e^{r}\|g_t\|`; the mean field predicts
-    :math:`r = \tfrac12\ln\chi` for the mean growth.
-    """
-    lo, hi = rate_window(T)
-    t = np.arange(lo, hi + 1, dtype=np.float64)
-    y = np.asarray(log_profile, dtype=np.float64)[..., lo:hi + 1]
-    tc = t - t.mean()
-    slope = ((y - y.mean(axis=-1, keepdims=True)) @ tc) / (tc @ tc)
-    return -slope
-
-
-def regime_of(log10_ratio, threshold):
-    """'vanishing' below −threshold, 'exploding' above +threshold, 'stable' between, '' for NaN."""
-    r = np.asarray(log10_ratio, dtype=np.float64)
-    labels = np.where(r < -threshold, "vanishing", np.where(r > threshold, "exploding", "stable"))
-    return np.where(np.isnan(r), "", labels)
 
 
 def lyapunov_warmup(T: int) -> int:
@@ -366,23 +308,14 @@ LYAPUNOV = Measure(
 
 # --------------------------------------------------------------------------- Pascanu bound
 
-PASCANU_GAMMA = {"rnn": 1.0}
-r"""γ of the Pascanu, Mikolov & Bengio (2013) bound, by cell: ‖∂h_t/∂h_{t-1}‖ ≤ σ_max(W_hh)·γ.
 
-For the rnn, :math:`\partial h_t/\partial h_{t-1} = \mathrm{diag}(\tanh'(a_t))\,W_{hh}` and
-|tanh'| ≤ 1, so γ = 1, and σ_max(W_hh) < 1 makes every step a contraction: gradients
-vanish at least geometrically, whatever the inputs. The gated cells have no such γ:
-the Jacobian of the lstm's step on (h, c) holds the block ∂c_t/∂c_{t-1} = diag(f_t),
-and the gru's tends to the identity as its update gate z_t → 1; both gates reach
-values arbitrarily close to 1 for large enough inputs (x is Gaussian, unbounded),
-whatever W_hh is, so sup_t ‖J_t‖ ≥ 1 and no bound on W_hh alone guarantees vanishing.
-Their ``pascanu_bound`` is empty; their ``sigma_max`` is still recorded.
-"""
+# γ of the Pascanu, Mikolov & Bengio (2013) bound is the cell's (Cell.pascanu_gamma, with
+# the reason why the gated cells have none); the sweep records σ_max(W_hh) for every cell.
 
 
 def _pascanu(call: Call, _prepared) -> Output:
     sigma = call.results["sigma_max"]
-    gamma = PASCANU_GAMMA.get(call.cell)
+    gamma = cells.get(call.cell).pascanu_gamma
     rows = [{"sigma_max": float(s), "pascanu_bound": None if gamma is None else float(s) * gamma}
             for s in sigma]
     return Output(rows)
