@@ -100,11 +100,13 @@ def _torch_unrolled(cell, params, x, y, loss, e, dtype):
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("cell", cells.names())
 @pytest.mark.parametrize("loss", LOSSES)
-def test_gradients_match_torch_autograd(cell, loss, dtype):
-    params, x, y = make_problem(cell, 2, 3, 5, 3, 4, 3, loss=loss, dtype=dtype, seed=11)
+@pytest.mark.parametrize("shape", [(2, 3, 5, 3, 4, 3), (1, 1, 1, 1, 1, 2)], ids=["E2B3T5", "E1B1T1H1"])
+def test_gradients_match_torch_autograd(cell, loss, dtype, shape):
+    E = shape[0]
+    params, x, y = make_problem(cell, *shape, loss=loss, dtype=dtype, seed=11)
     for impl in (rnnsim.gradients, reference.gradients):
         ours = impl(cell, params, x, y, loss=loss)
-        for e in range(2):
+        for e in range(E):
             theirs = _torch_unrolled(cell, params, x, y, loss, e, dtype)
             # torch itself computes in the dtype: compare at that dtype's accuracy,
             # with the tolerance widened for float32 by its forward rounding.
