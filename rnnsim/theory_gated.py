@@ -82,6 +82,7 @@ import math
 
 import numpy as np
 
+from ._parse import MAX_SCALE, finite_float
 from .theory import LARGE_Q, _find_root, _sech4, gaussian_expectation, timescale
 
 _BISECTION_STEPS = 200
@@ -141,24 +142,15 @@ def _centered(func, q):
     return out
 
 
-_MAX_MAGNITUDE = 1e6  # beyond this every gate saturates and the squares overflow: no meaning left
-
-
 class NoFixedPoint(ValueError):
     """The mean field has no stationary point at these settings (an lstm whose E[f²] rounds to 1)."""
 
 
 def _check(name, value, *, positive=False, nonneg=False):
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a number, got {value!r}")
-    try:
-        v = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {value!r}") from None
-    if not math.isfinite(v) or (positive and v <= 0) or (nonneg and v < 0) or abs(v) > _MAX_MAGNITUDE:
-        bound = "> 0" if positive else ">= 0" if nonneg else "finite"
-        raise ValueError(f"{name} must be {bound} and at most {_MAX_MAGNITUDE:g} in magnitude, got {value!r}")
-    return v
+    """A number through :mod:`rnnsim._parse` (the parsers of every entry point), within
+    ±MAX_SCALE: beyond it every gate saturates and the squares come near overflow."""
+    lower = 0.0 if (positive or nonneg) else -MAX_SCALE
+    return finite_float(name, value, minimum=lower, strict=positive, maximum=MAX_SCALE)
 
 
 def _bisect_fixed_point(residual):

@@ -114,7 +114,8 @@ def test_critical_scale_where_chi_crosses_one(cell):
 
 @pytest.mark.parametrize("cell", GATED)
 @pytest.mark.parametrize("kw, exc", [(dict(scale=0.0), ValueError), (dict(scale=float("nan")), ValueError),
-                                     (dict(input_scale=-1.0), ValueError), (dict(scale="big"), TypeError),
+                                     (dict(input_scale=-1.0), ValueError), (dict(scale="big"), ValueError),
+                                     (dict(scale=[1.0]), TypeError),
                                      (dict(scale=1e308 * 10), ValueError), (dict(scale=1e200), ValueError),
                                      (dict(bias_scale=True), TypeError)])
 def test_bad_input_is_named(cell, kw, exc):
