@@ -50,3 +50,16 @@ def load_array(path: str, what: str) -> np.ndarray:
         arr.close()
         raise click.BadParameter(f"{path} is an .npz archive; expected a single .npy array", param_hint=what)
     return arr
+
+
+def with_ensemble_axis(params: dict, *arrays):
+    """The files of ``grad`` and ``lyapunov`` may leave out the ensemble axis: without it in
+    the weights, everything is one network. Returns (single, params, arrays) with the axis."""
+    single = params.get("weight_hh_l0") is not None and np.ndim(params["weight_hh_l0"]) == 2
+    if not single:
+        return False, params, arrays
+    inputs = arrays[0]
+    if inputs.ndim != 3:
+        raise click.BadParameter(f"the params have no ensemble axis, so inputs must be (B, T, D); "
+                                 f"got shape {inputs.shape}", param_hint="--inputs")
+    return True, {key: np.asarray(v)[None] for key, v in params.items()}, tuple(a[None] for a in arrays)

@@ -7,7 +7,7 @@ import numpy as np
 from .. import cells
 from .._io import atomic_write
 from ..losses import LOSSES
-from ._common import check_out, device_option, load_array, load_params
+from ._common import check_out, device_option, load_array, load_params, with_ensemble_axis
 
 
 @click.command()
@@ -39,14 +39,7 @@ def grad(cell, params_path, inputs_path, targets_path, loss, device, out_path, f
     inputs = load_array(inputs_path, "--inputs")
     targets = load_array(targets_path, "--targets")
 
-    # Without an ensemble axis in the weights, everything is one network.
-    single = params.get("weight_hh_l0") is not None and np.ndim(params["weight_hh_l0"]) == 2
-    if single:
-        if inputs.ndim != 3:
-            raise click.BadParameter(f"the params have no ensemble axis, so inputs must be (B, T, D); "
-                                     f"got shape {inputs.shape}", param_hint="--inputs")
-        params = {k: v[None] for k, v in params.items()}
-        inputs, targets = inputs[None], targets[None]
+    single, params, (inputs, targets) = with_ensemble_axis(params, inputs, targets)
 
     result = gradients(cell, params, inputs, targets, loss=loss, device=device)
     if single:

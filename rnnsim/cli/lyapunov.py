@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import cells
 from .._io import atomic_write
-from ._common import check_out, load_array, load_params
+from ._common import check_out, load_array, load_params, with_ensemble_axis
 
 
 @click.command()
@@ -43,13 +43,7 @@ def lyapunov(cell, params_path, inputs_path, k, warmup, qr_every, out_path, forc
     params = load_params(params_path)
     inputs = load_array(inputs_path, "--inputs")
 
-    single = params.get("weight_hh_l0") is not None and np.ndim(params["weight_hh_l0"]) == 2
-    if single:
-        if inputs.ndim != 3:
-            raise click.BadParameter(f"the params have no ensemble axis, so inputs must be (B, T, D); "
-                                     f"got shape {inputs.shape}", param_hint="--inputs")
-        params = {key: np.asarray(v)[None] for key, v in params.items()}
-        inputs = inputs[None]
+    single, params, (inputs,) = with_ensemble_axis(params, inputs)
     if "weight_out" not in params and "bias_out" not in params and params.get("weight_hh_l0") is not None:
         # The spectrum does not involve the readout: give the library a zero one (one class).
         E, _, H = np.shape(params["weight_hh_l0"])
