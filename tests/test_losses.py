@@ -236,3 +236,50 @@ def test_bad_input_is_a_one_line_error(call, error, words):
         call()
     assert type(info.value) is error
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def test_reference_injects_given_adjoints():
+    """reference.raw_gradients with the loss's own adjoints injected gives its recurrent results."""
+    from rnnsim._validate import check_mask, check_problem
+    E, B, T = 2, 3, 4
+    params, x, y = make_problem("lstm", E, B, T, 2, 3, 3, loss="mse-masked", seed=12)
+    problem, p, xs, ys = check_problem("lstm", params, x, y, "mse-masked")
+    mask = check_mask(problem, make_mask("mse-masked", E, B, T, seed=12))
+    own = reference.raw_gradients(problem, p, xs, ys, mask)
+    h = reference.forward("lstm", p, xs)["h"]
+    local = losses.readout_loss("mse-masked", p, h, ys, mask)["local"]
+    given = reference.raw_gradients(problem, p, xs, None, adjoints=local)
+    assert set(own) - set(given) == {"loss", "weight_out", "bias_out"}
+    for key in given:
+        values = given[key].items() if isinstance(given[key], dict) else [(key, given[key])]
+        for name, value in values:
+            want = own[key][name] if isinstance(given[key], dict) else own[key]
+            np.testing.assert_array_equal(value, want, err_msg=name)
+
+
+def test_memory_counts_the_injected_adjoints(monkeypatch):
+    """A limit that the fused loss fits but the injected adjoints do not: refused before allocating."""
+    import os
+
+    from rnnsim import _memory, config
+    from rnnsim.kernels import cpu
+    E, B, T, D, H, K = 2, 64, 256, 2, 64, 3
+    params, x, y = make_problem("rnn", E, B, T, D, H, K, loss="every")
+    extra = _memory.injected_loss_bytes(1, E, B, T, H, K, 8)
+    fused = _memory.gradients_bytes(1, 1, E, B, T, D, H, K, 8, loss_every=True, workers=os.cpu_count() or 1,
+                                    tile=max(1, int(config.CPU_SEQUENCE_TILE)))
+    assert extra > 4 * E * B * T * H * 8  # the float64 states and adjoints at least
+    monkeypatch.setattr(config, "MEMORY_LIMIT_BYTES", fused + extra // 2)
+
+    class Reached(Exception):
+        pass
+
+    def reached(*args, **kwargs):
+        raise Reached
+
+    monkeypatch.setattr(cpu, "gradients", reached)
+    monkeypatch.setattr(cpu, "forward", reached)
+    with pytest.raises(Reached):  # the fused loss passes the check
+        rnnsim.gradients("rnn", params, x, y, loss="every")
+    with pytest.raises(ValueError, match="needs about"):
+        rnnsim.gradients("rnn", params, x, y, loss="masked", mask=np.ones(T, bool))
