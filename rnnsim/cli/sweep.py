@@ -9,7 +9,7 @@ import click
 from .. import cells
 from .._validate import DEVICES
 from ..init import SCHEMES
-from ..losses import LOSSES
+from ..losses import FUSED_LOSSES
 from ..sweep.config import DEFAULT_DEVICE, DEFAULT_OUT, DEFAULTS, DTYPES
 from ..sweep.measures import MEASURES
 
@@ -41,7 +41,7 @@ def _default(key):
               help=f"GRU update-gate bias, |Z| <= 1e6. {_default('update-bias')}")
 @click.option("--seeds", metavar="N",
               help=f"Networks per (cell, T, scale): seeds 0..N-1. {_default('seeds')}")
-@click.option("--loss", type=click.Choice(LOSSES),
+@click.option("--loss", type=click.Choice(FUSED_LOSSES),
               help=f"Cross-entropy at the last step or every step. {_default('loss')}")
 @click.option("--threshold", metavar="DECADES",
               help=f"Regime labels: log10_ratio below -threshold vanishing, above +threshold exploding. "

@@ -29,7 +29,7 @@ from .._parse import (
 )
 from .._validate import DEVICES, check_choice
 from ..init import SCHEMES
-from ..losses import LOSSES
+from ..losses import FUSED_LOSSES
 from .measures import parse_measures
 
 try:
@@ -86,7 +86,7 @@ _PARSERS = {
     "forget-bias": lambda value: finite_float("forget-bias", value, minimum=-MAX_SCALE, maximum=MAX_SCALE),
     "update-bias": lambda value: finite_float("update-bias", value, minimum=-MAX_SCALE, maximum=MAX_SCALE),
     "seeds": lambda value: positive_int("seeds", value),
-    "loss": lambda value: check_choice("loss", value, LOSSES),
+    "loss": lambda value: check_choice("loss", value, FUSED_LOSSES),
     "threshold": lambda value: finite_float("threshold", value, minimum=0.0, strict=True),
     "dtype": lambda value: check_choice("dtype", value, DTYPES),
     "measure": parse_measures,
