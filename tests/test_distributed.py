@@ -29,19 +29,19 @@ def _flags(config):
 def test_split_keeps_every_point_once_and_never_halves_a_tile():
     config = sweep.SweepConfig.from_mapping({**CONFIG, "batch": 40, "scales": "0.5:3:7", "seeds": 3})
     calls = sweep.plan_sweep(config, "cpu").calls(config, {})
-    for threads, slots in ((2, 2), (8, 100), (64, 1000)):
+    for threads, slots in ((2, 2), (8, 100), (200, 1000)):
         old, distributed.MIN_TASK_WORK = distributed.MIN_TASK_WORK, 0
         try:
             tasks = distributed.split_calls(config, calls, "cpu", slots, threads)
         finally:
             distributed.MIN_TASK_WORK = old
-        smallest = distributed.min_chunk(config, threads)  # B = 40, tile 32: 2 items per network
-        assert smallest == max(1, -(-threads // 2))
         for cell, T, points in calls:
             mine = [t for t in tasks if t[:2] == (cell, T)]
             assert sorted(p for t in mine for p in t[2]) == sorted(points)
-            if len(points) >= smallest:
-                assert all(len(t[2]) >= smallest and t[3] is None for t in mine)
+            if len(points) * 2 >= threads:  # B = 40, tile 32: 2 items per network
+                assert all(t[3] is None for t in mine)
+                assert all(distributed.task_threads(config, len(t[2]), threads) <= 2 * len(t[2])
+                           for t in mine)
             else:  # the local call halves its tiles: whole, at the client's thread count
                 assert [(len(t[2]), t[3]) for t in mine] == [(len(points), threads)]
         if threads == 2:

@@ -20,25 +20,24 @@ A network's numbers depend only on its (cell, T, scale, seed) and on how the CPU
 driver tiles its B sequences into work items
 (:func:`rnnsim.kernels.cpu._work_items`): every item is one network's tile, the
 items of a network are merged in a fixed order, and the tile is
-``min(CPU_SEQUENCE_TILE, B)`` unless the call has fewer items than threads, in which
-case it is halved. So a call is split only into chunks of at least
-``ceil(threads / ceil(B / tile))`` networks (``threads``: the client's Numba thread
-count), whose tiles are never halved, and only if the local call's are not either;
-otherwise it stays whole and its task runs with exactly the client's thread count.
-On the GPU calls are never split. Each task sets its worker's Numba thread count
-(capped by the worker's ``NUMBA_NUM_THREADS``); a whole call with halved tiles is
-bitwise identical only on a worker with at least the client's thread count.
+``min(CPU_SEQUENCE_TILE, B)`` unless the call has fewer items than Numba threads, in
+which case it is halved. So a task of n networks runs with at most n·ceil(B / tile)
+Numba threads (:func:`task_threads`), which never halves its tiles, and a call is
+split only if the local run (n networks, the client's thread count) did not halve
+them either; otherwise it stays whole and runs with exactly the client's thread
+count (bitwise identical on a worker that has that many). On the GPU calls are never
+split. Each task sets its worker's Numba thread count for its own thread.
 
 Granularity
 -----------
 Each call (cell, T) of n points carries work w = cost·T·n·B·H·(H + D) (multiply-adds
 of the recurrence, weighted by the cell's cost). It is cut into
-``k = round(w / target)`` chunks, at least 1 and at most n / (the smallest chunk
-above), with ``target = max(MIN_TASK_WORK, total / (TASKS_PER_SLOT · slots))`` and
-``slots`` the cluster's worker threads: about 4 tasks per worker thread, so that the
-longest one does not leave the others idle at the end, and none below
-:data:`MIN_TASK_WORK` (about 0.5 s of one core), so that the scheduler's few
-milliseconds per task stay below 1%. Tasks are submitted largest first.
+``k = min(n, round(w / target))`` chunks (at least 1) with
+``target = max(MIN_TASK_WORK, total / (TASKS_PER_SLOT · slots))`` and ``slots`` the
+cluster's worker threads: about 4 tasks per worker thread, so that the longest one
+does not leave the others idle at the end, and none below :data:`MIN_TASK_WORK`
+(about 0.4 s of one core), so that the scheduler's few milliseconds per task stay
+below 1%. Tasks are submitted largest first.
 
 Faults
 ------
@@ -69,8 +68,8 @@ MISSING = 'the Dask runner needs the distributed extra: pip install "rnnsim[dist
 TASKS_PER_SLOT = 4
 """Tasks per worker thread the split aims for (load balance at the end of the sweep)."""
 
-MIN_TASK_WORK = 2e9
-"""The least work per task, in cost·T·networks·B·H·(H + D): about 0.5 s of one core of the
+MIN_TASK_WORK = 1e9
+"""The least work per task, in cost·T·networks·B·H·(H + D): about 0.4 s of one core of the
 2-core Xeon the README's figures come from, against a few ms of scheduler overhead."""
 
 RETRIES = 3
@@ -85,10 +84,19 @@ def require_dask() -> None:
         raise RuntimeError(MISSING) from None
 
 
-def min_chunk(config, threads: int) -> int:
-    """The fewest networks of one task whose sequence tiles the CPU driver does not halve."""
-    tile = max(1, min(settings.CPU_SEQUENCE_TILE, config.batch))
-    return max(1, math.ceil(threads / math.ceil(config.batch / tile)))
+def _items_per_network(config) -> int:
+    return math.ceil(config.batch / max(1, min(settings.CPU_SEQUENCE_TILE, config.batch)))
+
+
+def local_halves(config, n: int, threads: int) -> bool:
+    """Whether the local run's call of n networks at ``threads`` Numba threads halves its tiles."""
+    return n * _items_per_network(config) < threads
+
+
+def task_threads(config, n: int, wanted: int) -> int:
+    """Numba threads for a task of n networks: at most ``wanted``, and never more than its work
+    items, so that the CPU driver keeps every network's tiles as in the local run."""
+    return max(1, min(wanted, n * _items_per_network(config)))
 
 
 def task_work(config, cell, T, n) -> float:
@@ -99,23 +107,22 @@ def task_work(config, cell, T, n) -> float:
 def split_calls(config, calls, device, slots, threads):
     """The tasks of ``calls``: ``[(cell, T, points, threads), ...]``, largest first.
 
-    ``threads`` is the client's Numba thread count; a task's own thread count is
-    ``None`` (whatever its worker has) when its tiling cannot change, else
+    ``threads`` is the client's Numba thread count; a task's own count is ``None``
+    (its worker's, capped by :func:`task_threads`) when it may be split, else
     ``threads`` (see the module notes). ``slots``: the cluster's worker threads.
     """
     if not calls:
         return []
     total = sum(task_work(config, cell, T, len(points)) for cell, T, points in calls)
     target = max(MIN_TASK_WORK, total / (TASKS_PER_SLOT * max(1, slots)))
-    smallest = min_chunk(config, threads)
     tasks = []
     for cell, T, points in calls:
         n = len(points)
-        if device == "cuda" or n < smallest:  # keep the call whole, as the local runner ran it
+        if device == "cuda" or local_halves(config, n, threads):  # whole, as the local runner ran it
             tasks.append((cell, T, list(points), threads if device != "cuda" else None))
             continue
-        k = max(1, min(n // smallest, round(task_work(config, cell, T, n) / target)))
-        bounds = [round(i * n / k) for i in range(k + 1)]  # k near-equal chunks, each >= smallest
+        k = max(1, min(n, round(task_work(config, cell, T, n) / target)))
+        bounds = [round(i * n / k) for i in range(k + 1)]  # k near-equal chunks
         tasks += [(cell, T, list(points[a:b]), None) for a, b in zip(bounds, bounds[1:])]
     return sorted(tasks, key=lambda t: -task_work(config, t[0], t[1], len(t[2])))
 
@@ -125,8 +132,9 @@ def run_task(config, cell, T, points, device, needed, prepared, threads):
     import numba
 
     from .run import call_outputs
-    if threads is not None:
-        numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    if threads is None:  # a split chunk: the worker's threads, no more than the chunk's work items
+        threads = task_threads(config, len(points), numba.get_num_threads())
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     return call_outputs(config, cell, T, points, device, needed, prepared)
 
 
@@ -206,12 +214,14 @@ class _Runner:
 
         threads = numba.get_num_threads()
         slots = sum(w["nthreads"] for w in self.client.scheduler_info(n_workers=-1)["workers"].values())
-        share = max(1, threads // self.local_workers) if self.local_workers else None
+        share = max(1, threads // self.local_workers) if self.local_workers else None  # no oversubscription
         tasks = split_calls(config, calls, device, slots, threads)
         futures = {}
-        for cell, T, points, task_threads in tasks:
-            future = self.client.submit(run_task, config, cell, T, points, device, needed, prepared,
-                                        task_threads or share, retries=RETRIES, pure=False,
+        for cell, T, points, own in tasks:
+            if own is None and share is not None:
+                own = task_threads(config, len(points), share)
+            future = self.client.submit(run_task, config, cell, T, points, device, needed, prepared, own,
+                                        retries=RETRIES, pure=False,
                                         priority=int(task_work(config, cell, T, len(points)) // 1e6))
             futures[future] = (cell, T, points)
         finished = 0
