@@ -9,6 +9,10 @@ default sweep of ``rnnsim sweep``; any key can be changed, e.g.
     python benchmarks/bench_sweep.py
     python benchmarks/bench_sweep.py --cell rnn --lengths 50:500:10 --scales 0.5:3:12
     python benchmarks/bench_sweep.py --measure rates,lyapunov,pascanu
+    python benchmarks/bench_sweep.py --workers 2      # through a Dask LocalCluster (rnnsim[distributed])
+
+With ``--workers``/``--scheduler`` the wall time includes starting the cluster and the
+kernel share is summed over the tasks (it may exceed 100%).
 
 What is not kernel time is mostly the file writes after each call and, for the gru,
 its mean field (a quadrature per scale, about 80 ms each, computed once per sweep).
@@ -46,10 +50,14 @@ def main(argv=None) -> int:
     for key, value in sweep.DEFAULTS.items():
         parser.add_argument(f"--{key}", default=value, help=f"[default: {value}]")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="run on a Dask LocalCluster of this many worker processes (rnnsim[distributed])")
+    parser.add_argument("--scheduler", default=None, help="run on the Dask cluster of this scheduler")
     parser.add_argument("--repeat", type=int, default=1,
                         help="run the sweep this many times (first one may compile)")
     args = vars(parser.parse_args(argv))
     device, repeat = args.pop("device"), args.pop("repeat")
+    cluster = {"workers": args.pop("workers"), "scheduler": args.pop("scheduler")}
     config = sweep.SweepConfig.from_mapping({k.replace("_", "-"): v for k, v in args.items()})
 
     print(f"machine: {machine()}")
@@ -62,7 +70,7 @@ def main(argv=None) -> int:
         folder = tempfile.mkdtemp(prefix="rnnsim-bench-")
         try:
             start = time.perf_counter()
-            stats = sweep.run_sweep(config, os.path.join(folder, "run"), device=device)
+            stats = sweep.run_sweep(config, os.path.join(folder, "run"), device=device, **cluster)
             outer = time.perf_counter() - start
         finally:
             shutil.rmtree(folder, ignore_errors=True)

@@ -49,11 +49,12 @@ def main():
     """Exact gradients through time for ensembles of RNNs, LSTMs and GRUs."""
 
 
+from .export import export  # noqa: E402
 from .grad import grad  # noqa: E402  (commands import the group's helpers)
 from .lyapunov import lyapunov  # noqa: E402
 from .plot import plot  # noqa: E402
 from .sweep import sweep  # noqa: E402
 from .theory import theory  # noqa: E402
 
-for _command in (grad, lyapunov, sweep, plot, theory):
+for _command in (grad, lyapunov, sweep, plot, theory, export):
     main.add_command(_command)

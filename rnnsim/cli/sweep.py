@@ -59,6 +59,12 @@ def _default(key):
               help=f"Where to compute: cpu, cuda (error without a usable GPU) or auto. "
                    f"[default: {DEFAULT_DEVICE}]")
 @click.option("--out", metavar="DIR", help=f"Results folder. [default: {DEFAULT_OUT}]")
+@click.option("--scheduler", metavar="ADDRESS",
+              help="Run the ensemble calls as tasks on the Dask cluster of this scheduler (tcp://host:8786); "
+                   "the results are the same. Needs rnnsim[distributed].")
+@click.option("--workers", metavar="N",
+              help="Run on a Dask LocalCluster of N worker processes started here (with --device cuda: one "
+                   "per GPU). Needs rnnsim[distributed].")
 @click.option("--resume", is_flag=True, help="Continue the sweep in --out, skipping finished points.")
 @click.option("--overwrite", is_flag=True, help="Replace the results rnnsim wrote in --out.")
 @click.option("--config", "config_file", metavar="FILE",
@@ -94,7 +100,7 @@ def sweep(config_file, resume, overwrite, **flags):
             bar.update(round(done) - bar.pos, label or None)
 
         stats = sweep_lib.run_sweep(config, run.out, device=run.device, resume=resume, overwrite=overwrite,
-                                    progress=progress)
+                                    progress=progress, scheduler=run.scheduler, workers=run.workers)
     if run.quiet:
         return
     counts = (f"{stats['points_total']} points ({stats['points_computed']} computed, "

@@ -6,6 +6,7 @@ DEFAULTS, RUN_KEYS                 the default configuration and the run keys (f
 parse_lengths, parse_scales, parse_cells
                                    "25,50,100" or "A:B:N" range syntax (from :mod:`rnnsim._parse`)
 load_config_file(path)             a TOML file of settings (same keys as the flags)
+open_dataset(out)                  a results folder as an xarray Dataset (needs rnnsim[xarray])
 configure(*layers)                 (SweepConfig, RunOptions) from TOML tables and flags, as the CLI does
 SweepConfig.from_mapping(mapping)  validated configuration
 run_sweep(config, out, ...)        run (or resume) a sweep into a results folder
@@ -22,7 +23,8 @@ Modules: :mod:`~rnnsim.sweep.config` (configuration), :mod:`~rnnsim.sweep.measur
 (seeded percentile intervals over sequences, or networks × sequences), :mod:`~rnnsim.sweep.plan`
 (ensemble calls and the memory check), :mod:`~rnnsim.sweep.run` (the runner),
 :mod:`~rnnsim.sweep.store` (the results folder), :mod:`~rnnsim.sweep.lock`,
-:mod:`~rnnsim.sweep.provenance`. The configuration loads eagerly; the runner and the
+:mod:`~rnnsim.sweep.provenance`, :mod:`~rnnsim.sweep.distributed` (the Dask runner),
+:mod:`~rnnsim.sweep.dataset` (xarray, NetCDF, Zarr). The configuration loads eagerly; the runner and the
 store load on first use, so that the command line's help and ``rnnsim theory`` stay
 fast.
 
@@ -99,6 +101,8 @@ _LAZY = {
                  "REGIMES", "SUMMARY_COLUMNS", "COLUMN_MEANINGS", "MEASURES", "Measure", "Column", "Array"),
     "plan": ("CALL_MEMORY_BYTES", "plan_sweep"),
     "bootstrap": (),
+    "dataset": ("open_dataset",),
+    "distributed": (),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 

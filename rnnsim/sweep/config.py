@@ -7,8 +7,8 @@ names without the leading dashes (``input-scale``, not ``input_scale``). ``cell`
 explicit flags > TOML > :data:`DEFAULTS`. Unknown keys are an error.
 
 Two kinds of keys: the :data:`DEFAULTS` keys shape the results (a resume must
-match them), and the :data:`RUN_KEYS` (``out``, ``device``, ``quiet``) say where and
-how to run. :func:`configure` is the one place that applies both, for the command
+match them), and the :data:`RUN_KEYS` (``out``, ``device``, ``quiet``, ``scheduler``,
+``workers``) say where and how to run. :func:`configure` is the one place that applies both, for the command
 line and for library callers alike.
 """
 from __future__ import annotations
@@ -61,7 +61,7 @@ DEFAULTS = {
 }
 """Defaults of every key that shapes the results (flag names as keys)."""
 
-RUN_KEYS = ("device", "out", "quiet")
+RUN_KEYS = ("device", "out", "quiet", "scheduler", "workers")
 """Keys that say where and how to run, not what: not compared by resume."""
 
 DEFAULT_OUT = "rnnsim-sweep"
@@ -105,10 +105,20 @@ def _parse_out(value) -> str:
     return value
 
 
+def _parse_scheduler(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"scheduler must be an address such as tcp://host:8786, got {type(value).__name__}")
+    if not value.strip() or any(c.isspace() for c in value.strip()):
+        raise ValueError(f"scheduler must be an address such as tcp://host:8786, got {value!r}")
+    return value.strip()
+
+
 _RUN_PARSERS = {
     "out": _parse_out,
     "device": lambda value: check_choice("device", value, DEVICES),
     "quiet": lambda value: parse_bool("quiet", value),
+    "scheduler": _parse_scheduler,
+    "workers": lambda value: positive_int("workers", value),
 }
 
 
@@ -204,6 +214,8 @@ class RunOptions:
     out: str = DEFAULT_OUT
     device: str = DEFAULT_DEVICE
     quiet: bool = False
+    scheduler: str | None = None  # a Dask scheduler's address (rnnsim.sweep.distributed)
+    workers: int | None = None    # or a LocalCluster of this many worker processes
 
 
 def configure(*layers) -> tuple:
@@ -227,6 +239,8 @@ def configure(*layers) -> tuple:
         merged.update(layer)
     config = SweepConfig.from_mapping(merged)
     options = RunOptions(**{key: parse(merged[key]) for key, parse in _RUN_PARSERS.items() if key in merged})
+    if options.scheduler is not None and options.workers is not None:
+        raise ValueError("choose one of scheduler (an existing Dask cluster) and workers (a new local one)")
     return config, options
 
 
