@@ -120,10 +120,10 @@ def draw_networks(config, cell, points, dims) -> dict:
     return {k: np.concatenate([p[k] for p in drawn]) for k in drawn[0]}
 
 
-def compute(config, cell, T, points, device, networks, data):
+def compute(config, cell, T, points, device, networks, data, *, progress=None):
     """The "train" computation of one call: one :func:`rnnsim.train.train` call over the call's
     networks (drawn here with the task's sizes; the gradient map's ``networks`` and ``data`` are
-    not used), network e on training stream ``points[e][1]``."""
+    not used), network e on training stream ``points[e][1]``; ``progress`` goes to ``train``."""
     from ..train import task_dims, train
 
     task = task_of(config.measure)
@@ -131,7 +131,7 @@ def compute(config, cell, T, points, device, networks, data):
     result = train(cell, params, task, length=T, steps=config.steps, batch=config.train_batch,
                    optimizer=config.optimizer, lr=config.lr, momentum=MOMENTUM, clip=config.clip,
                    seed=[int(seed) for _, seed in points], eval_batch=EVAL_BATCH,
-                   eval_every=eval_every(config.steps), device=device)
+                   eval_every=eval_every(config.steps), device=device, progress=progress)
     expected = eval_steps(config.steps)
     got = np.asarray(result.evaluations["step"])
     if got.shape != expected.shape or not np.array_equal(got, expected):
