@@ -195,6 +195,7 @@ class SweepConfig:
                                      f"train:{training.tasks()[0]} (or another task)")
             return
         check_choice("optimizer", self.optimizer, training.optimizers())
+        training.check_lengths(self.train_task, self.lengths)
 
     def _check_lyapunov(self) -> None:
         if "lyapunov" not in self.measure:

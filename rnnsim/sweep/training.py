@@ -87,6 +87,13 @@ def parse_task(item: str, name: str = "measure") -> str:
     return item
 
 
+def check_lengths(task: str, lengths) -> None:
+    """Refuse lengths shorter than the task's shortest sequence (one line, before any work)."""
+    from ..train.tasks import check_length
+
+    check_length(task, min(lengths))
+
+
 def task_of(measure: tuple):
     """The task of the chosen measures (``"adding"`` for ``train:adding``), or None."""
     found = [name[len(PREFIX):] for name in measure if name.startswith(PREFIX)]
@@ -151,9 +158,8 @@ def evaluate(call, _prepared=None):
     result = call.results["train"]
     final, history = result.final, result.history
     log10_norm = np.asarray(history["log_grad_norm"], dtype=np.float64) / _LN10     # (steps, E)
-    with np.errstate(invalid="ignore"):
-        peak = np.nanmax(np.where(np.isfinite(log10_norm), log10_norm, np.nan), axis=0) \
-            if np.isfinite(log10_norm).any() else np.full(log10_norm.shape[1], np.nan)
+    finite = np.isfinite(log10_norm)  # rows after a divergence are NaN, an overflowing norm +inf
+    peak = np.where(finite.any(axis=0), np.where(finite, log10_norm, -np.inf).max(axis=0), np.nan)
     rows = []
     for e in range(len(call.points)):
         rows.append({
