@@ -10,7 +10,7 @@ from .. import cells
 from .._validate import DEVICES
 from ..init import SCHEMES
 from ..sweep.config import DTYPES
-from ..sweep.trainrun import TRAIN_DEFAULTS
+from ..sweep.training import TRAIN_DEFAULTS
 
 TASK_NAMES = ("adding", "temporal-order", "copy-first")
 """For the help text only (the library checks against rnnsim.train.TASKS, which the tests compare)."""

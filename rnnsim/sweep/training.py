@@ -53,6 +53,14 @@ EVAL_POINTS = 50
 MOMENTUM = 0.9
 """SGD momentum (the adam optimizer has none)."""
 
+TRAIN_DEFAULTS = {
+    "task": None, "cell": "rnn", "hidden": 64, "length": 100, "scale": 1.0, "init": "gaussian",
+    "input-scale": 1.0, "bias-scale": 0.0, "forget-bias": 1.0, "update-bias": 0.0,
+    "optimizer": "adam", "lr": 0.001, "clip": "off", "steps": 1000, "batch": 32, "seeds": 4,
+    "dtype": "float64",
+}
+"""The settings of ``rnnsim train`` (:mod:`rnnsim.sweep.trainrun`) (flag names; ``task`` has no default)."""
+
 PREFIX = "train:"
 
 RATE_MEANING = ("success rate on the held-out batch: accuracy for temporal-order and copy-first, the "

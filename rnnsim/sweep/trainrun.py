@@ -65,13 +65,7 @@ FIGURES = ("learning_curves.png", "learning_curves.pdf")
 FORMAT = 1
 _MARKER_TEXT = json.dumps({"tool": "rnnsim", "contents": "training results", "format": FORMAT}) + "\n"
 
-TRAIN_DEFAULTS = {
-    "task": None, "cell": "rnn", "hidden": 64, "length": 100, "scale": 1.0, "init": "gaussian",
-    "input-scale": 1.0, "bias-scale": 0.0, "forget-bias": 1.0, "update-bias": 0.0,
-    "optimizer": "adam", "lr": 0.001, "clip": "off", "steps": 1000, "batch": 32, "seeds": 4,
-    "dtype": "float64",
-}
-"""The settings of ``rnnsim train`` (flag names; ``task`` has no default)."""
+TRAIN_DEFAULTS = training.TRAIN_DEFAULTS
 
 HISTORY_COLUMNS = ("cell", "seed", "step", "loss", "rate", "log10_grad_norm", "clipped", "skipped")
 EVALUATION_COLUMNS = ("cell", "seed", "step", "loss", "rate")
