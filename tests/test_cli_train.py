@@ -158,3 +158,19 @@ def test_help_names_every_task_and_the_sweep_flags_need_the_measure(tmp_path):
     assert_one_line_error(run("sweep", "--cell", "rnn", "--steps", "3", "--out", out), "no train:TASK")
     assert_one_line_error(run("sweep", "--measure", "train:nope", "--out", out), "unknown task")
     assert not out.exists()
+
+
+def test_train_help_is_light():
+    """`rnnsim train --help` loads neither the training code, the results store, numba nor matplotlib."""
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import sys
+        from rnnsim.cli import main
+        try:
+            main(["train", "--help"])
+        except SystemExit:
+            pass
+        heavy = ("numba", "matplotlib", "scipy", "rnnsim.train", "rnnsim.sweep.store",
+                 "rnnsim.sweep.trainrun")
+        print(sorted(m for m in sys.modules if m.startswith(heavy)), file=sys.stderr)
+    """)], capture_output=True, text=True, check=True)
+    assert done.stderr.strip().splitlines()[-1] == "[]"
