@@ -82,3 +82,17 @@ def forward_bytes(G: int, n_states: int, E: int, B: int, T: int, D: int, H: int,
     per_sequence = (T + 1) * (G * H + (1 + n_states) * H + D) * itemsize
     items = min(workers, max(1, E * -(-B // tile))) * min(tile, B)
     return inputs + states + items * per_sequence
+
+
+def injected_loss_bytes(n_states: int, E: int, B: int, T: int, H: int, K: int, itemsize: int) -> int:
+    """Extra peak of a loss computed by :mod:`rnnsim.losses` and injected into the kernels.
+
+    Counts the forward states the backend returns (``n_states`` (E, B, T, H) arrays),
+    their float64 copy with h_0, the per-step adjoints (E, B, T+1, H) in float64 and
+    their copy in the dtype, the selected states and the logits with their gradient
+    (float64), and the (E, B, T) mask.
+    """
+    states = n_states * E * B * T * H * itemsize
+    adjoints = E * B * (T + 1) * H * (3 * 8 + itemsize)  # h, local, selected h (float64); local cast
+    logits = 3 * E * B * T * K * 8  # logits, their gradient, the targets' difference
+    return states + adjoints + logits + E * B * T

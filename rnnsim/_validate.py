@@ -5,6 +5,8 @@ so that the CLI can print it and exit with code 2.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 from dataclasses import dataclass
 
@@ -12,7 +14,7 @@ import numpy as np
 
 from . import _memory, cells, config
 from .cells import PARAM_KEYS
-from .losses import LOSSES, target_shape
+from .losses import FUSED_LOSSES, LOSSES, MASKED_LOSSES, is_class_loss, target_shape
 
 DEVICES = ("cpu", "cuda", "auto")
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
@@ -82,8 +84,11 @@ def _require_memory(problem, need_targets: bool) -> None:
     tile = max(1, int(config.CPU_SEQUENCE_TILE))
     item = p.dtype.itemsize
     if need_targets:
+        injected = p.loss not in FUSED_LOSSES  # the kernels' backward takes every step's adjoints
         nbytes = _memory.gradients_bytes(p.G, n_states, p.E, p.B, p.T, p.D, p.H, p.K, item,
-                                         loss_every=p.loss == "every", workers=workers, tile=tile)
+                                         loss_every=p.loss != "last", workers=workers, tile=tile)
+        if injected:
+            nbytes += _memory.injected_loss_bytes(n_states, p.E, p.B, p.T, p.H, p.K, item)
         what = "gradients"
     else:
         nbytes = _memory.forward_bytes(p.G, n_states, p.E, p.B, p.T, p.D, p.H, item,
@@ -100,7 +105,8 @@ def check_problem(cell, params, inputs, targets, loss="last", *, need_targets=Tr
     problem : Problem
     params : dict of C-contiguous arrays, in the inputs' dtype
     inputs : C-contiguous array (E, B, T, D)
-    targets : C-contiguous int64 array, (E, B) or (E, B, T), or None
+    targets : C-contiguous array of :func:`rnnsim.losses.target_shape`, or None: int64
+        class indices, or floats in the inputs' dtype for the MSE losses
     """
     G = cells.get(cell).G
     loss = check_choice("loss", loss, LOSSES)
@@ -157,21 +163,78 @@ def check_problem(cell, params, inputs, targets, loss="last", *, need_targets=Tr
     for key in PARAM_KEYS:
         _require_finite(key, arrays[key])
 
-    tgt = None
-    if need_targets:
-        tgt = _as_array("targets", targets)
-        want = target_shape(loss, E, B, T)
-        if tgt.dtype == np.bool_ or not np.issubdtype(tgt.dtype, np.integer):
-            raise TypeError(f"targets must be an integer array of class indices, got dtype {tgt.dtype}")
-        if tgt.shape != want:
-            raise ValueError(f"targets have shape {tgt.shape}; loss={loss!r} needs {want}")
-        if tgt.size and (tgt.min() < 0 or tgt.max() >= K):
-            raise ValueError(f"targets must lie in [0, {K - 1}] (K={K} classes), "
-                             f"found values in [{tgt.min()}, {tgt.max()}]")
-        tgt = np.ascontiguousarray(tgt, dtype=np.int64)
-
+    tgt = _check_targets(problem, targets) if need_targets else None
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     return problem, arrays, np.ascontiguousarray(inputs), tgt
+
+
+def _check_targets(problem, targets):
+    """Targets of ``problem.loss``: class indices in [0, K), or finite floats of the inputs' dtype."""
+    loss, K = problem.loss, problem.K
+    tgt = _as_array("targets", targets)
+    want = target_shape(loss, problem.E, problem.B, problem.T, K)
+    if is_class_loss(loss):
+        if tgt.dtype == np.bool_ or not np.issubdtype(tgt.dtype, np.integer):
+            raise TypeError(f"targets of loss={loss!r} are class indices: they must be an integer array, "
+                            f"got dtype {tgt.dtype} (for float targets use an mse-* loss)")
+    elif tgt.dtype != problem.dtype:
+        raise TypeError(f"targets of loss={loss!r} are float values in the inputs' dtype {problem.dtype}, "
+                        f"got dtype {tgt.dtype}; cast them with targets.astype(np.{problem.dtype.name})")
+    if tgt.shape != want:
+        raise ValueError(f"targets have shape {tgt.shape}; loss={loss!r} needs {want}")
+    if not is_class_loss(loss):
+        _require_finite("targets", tgt)
+        return np.ascontiguousarray(tgt)
+    if tgt.size and (tgt.min() < 0 or tgt.max() >= K):
+        raise ValueError(f"targets must lie in [0, {K - 1}] (K={K} classes), "
+                         f"found values in [{tgt.min()}, {tgt.max()}]")
+    return np.ascontiguousarray(tgt, dtype=np.int64)
+
+
+def check_mask(problem, mask):
+    """The mask of a masked loss as a C-contiguous (E, B, T) bool array; None for the others.
+
+    A masked loss needs a bool mask broadcastable to (E, B, T) ((T,), (B, T) or
+    (E, B, T)) that selects at least one (sequence, step) pair of every network;
+    the other losses take no mask.
+    """
+    loss, E, B, T = problem.loss, problem.E, problem.B, problem.T
+    if loss not in MASKED_LOSSES:
+        if mask is not None:
+            raise ValueError(f"loss={loss!r} takes no mask; use loss='masked' or 'mse-masked'")
+        return None
+    if mask is None:
+        raise ValueError(f"loss={loss!r} needs a mask: a bool array broadcastable to (E, B, T) = {(E, B, T)}")
+    mask = _as_array("mask", mask)
+    if mask.dtype != np.bool_:
+        raise TypeError(f"mask must be a bool array, got dtype {mask.dtype}; use mask.astype(bool) "
+                        "if its nonzero entries mark the steps")
+    try:
+        ok = mask.ndim <= 3 and np.broadcast_shapes(mask.shape, (E, B, T)) == (E, B, T)
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ValueError(f"mask has shape {mask.shape}; it must broadcast to (E, B, T) = {(E, B, T)} "
+                         "((T,), (B, T) or (E, B, T))")
+    full = np.ascontiguousarray(np.broadcast_to(mask, (E, B, T)))
+    empty = np.flatnonzero(~full.reshape(E, -1).any(axis=1))
+    if empty.size:
+        names = ", ".join(str(e) for e in empty[:10]) + (", ..." if empty.size > 10 else "")
+        raise ValueError(f"mask selects no (sequence, step) pair of network(s) {names}; "
+                         "every network needs at least one loss term")
+    return full
+
+
+def check_clip(clip):
+    """None, or the clipping threshold as a positive finite float."""
+    if clip is None:
+        return None
+    if isinstance(clip, bool) or not isinstance(clip, numbers.Real):
+        raise TypeError(f"clip must be None or a positive number, got {clip!r}")
+    clip = float(clip)
+    if not (math.isfinite(clip) and clip > 0):
+        raise ValueError(f"clip must be a positive finite number, got {clip}")
+    return clip
 
 
 def _count(name, value, lo, hi):

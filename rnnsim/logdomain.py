@@ -17,7 +17,8 @@ Nothing then under- or overflows at any T. The identities are
    cutoff :func:`log_weight_cutoff` is dropped;
 3. **finalize** (:func:`finalize`): :math:`e^{S^*} M` becomes a plain array whose
    entries beyond the dtype's range are ±inf, never NaN, and
-   :math:`\ln\|\nabla\|` stays finite;
+   :math:`\ln\|\nabla\|` stays finite; clipping by global norm adds
+   :math:`\min(0, \ln c - \ln\|\nabla\|)` to :math:`S^*` first;
 4. **the bias tie** (:func:`tie_biases`): when a cell folds b_ih and b_hh into one
    sum, their gradients are equal.
 
@@ -137,8 +138,8 @@ def tie_biases(cell, mantissas):
     return mantissas
 
 
-def finalize(mantissas, log_scale, output_grads, dtype):
-    """Identity 3: log-domain recurrent gradients into plain arrays, safely.
+def finalize(mantissas, log_scale, output_grads, dtype, clip=None):
+    r"""Identity 3: log-domain recurrent gradients into plain arrays, safely.
 
     Parameters
     ----------
@@ -146,42 +147,62 @@ def finalize(mantissas, log_scale, output_grads, dtype):
     log_scale : (E,) float64; the true gradient is ``mantissa * exp(log_scale)``
     output_grads : dict with ``weight_out`` and ``bias_out`` (ordinary scale)
     dtype : output dtype
+    clip : None or a positive float c: scale network e's whole gradient by
+        :math:`\min(1, c/\|g_e\|)` before it is materialised
 
-    Returns the gradient dict with ``log_grad_norm_params``. Entries whose true
-    value lies beyond the dtype's range become +-inf (never NaN); exact zeros stay 0.
+    Returns the gradient dict with ``log_grad_norm_params`` (the unclipped norm) and,
+    with ``clip``, ``clipped`` (E,) bool. Entries whose true value lies beyond the
+    dtype's range become +-inf (never NaN); exact zeros stay 0.
 
     Notes
     -----
     ``ln ||grad||`` is computed as ``0.5 * logaddexp(2 (S + ln|M_rec|), 2 ln|M_out|)``
-    so it stays finite whatever the overflow of the individual entries.
+    so it stays finite whatever the overflow of the individual entries. Clipping by
+    global norm (Pascanu et al. 2013) multiplies every entry by :math:`e^{f}` with
+    :math:`f = \min(0, \ln c - \ln\|g\|)`, added to the log-scale S of the recurrent
+    entries, so a clipped gradient is finite (its norm is c) even where the unclipped
+    entries would overflow the dtype.
     """
     E = log_scale.shape[0]
     scale = np.asarray(log_scale, dtype=np.float64).reshape(E)
-    out = {}
     sq_rec = np.zeros(E)
     for key in RECURRENT_KEYS:
+        sq_rec += np.sum(np.asarray(mantissas[key], dtype=np.float64).reshape(E, -1) ** 2, axis=1)
+    sq_out = np.zeros(E)
+    for key in OUTPUT_KEYS:
+        sq_out += np.sum(np.asarray(output_grads[key], dtype=np.float64).reshape(E, -1) ** 2, axis=1)
+    with np.errstate(divide="ignore"):
+        log_rec = np.where(np.isfinite(scale), 2.0 * scale + np.log(sq_rec), -np.inf)
+        log_norm = 0.5 * np.logaddexp(log_rec, np.log(sq_out))
+    out = {}
+    factor = None
+    if clip is not None:
+        clipped = log_norm > math.log(clip)
+        factor = np.where(clipped, math.log(clip) - np.where(clipped, log_norm, 0.0), 0.0)
+        scale = scale + factor
+    for key in RECURRENT_KEYS:
         m = np.asarray(mantissas[key], dtype=np.float64)
-        sq_rec += np.sum(m.reshape(E, -1) ** 2, axis=1)
         s = scale.reshape((E,) + (1,) * (m.ndim - 1))
         with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
             mag = np.exp(np.log(np.abs(m)) + s)  # exp(-inf) = 0 for zero entries
             out[key] = (np.sign(m) * np.where(m == 0, 0.0, mag)).astype(dtype)
-    sq_out = np.zeros(E)
     for key in OUTPUT_KEYS:
         g = np.asarray(output_grads[key], dtype=np.float64)
-        sq_out += np.sum(g.reshape(E, -1) ** 2, axis=1)
+        if factor is not None:
+            g = g * np.exp(factor).reshape((E,) + (1,) * (g.ndim - 1))
         out[key] = g.astype(dtype)
-    with np.errstate(divide="ignore"):
-        log_rec = np.where(np.isfinite(scale), 2.0 * scale + np.log(sq_rec), -np.inf)
-        out["log_grad_norm_params"] = 0.5 * np.logaddexp(log_rec, np.log(sq_out))
+    out["log_grad_norm_params"] = log_norm
+    if clip is not None:
+        out["clipped"] = clipped
     assert set(out) >= set(PARAM_KEYS)
     return out
 
 
-def assemble(problem, raw):
-    """The user-facing dict from a backend's raw results (see ``reference.raw_gradients``)."""
+def assemble(problem, raw, clip=None):
+    """The user-facing dict from a backend's raw results (see ``reference.raw_gradients``);
+    ``clip`` as in :func:`finalize`."""
     mantissas = tie_biases(problem.cell, dict(raw["mantissas"]))
-    out = finalize(mantissas, raw["log_scale"], {key: raw[key] for key in OUTPUT_KEYS}, problem.dtype)
+    out = finalize(mantissas, raw["log_scale"], {key: raw[key] for key in OUTPUT_KEYS}, problem.dtype, clip)
     out["loss"] = np.asarray(raw["loss"], dtype=problem.dtype)
     for key in cells.get(problem.cell).profile_keys().values():
         out[key] = np.asarray(raw[key], dtype=np.float64)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import cells, logdomain
-from ._validate import check_problem
+from ._validate import check_clip, check_mask, check_problem
 from .losses import readout_loss
 
 
@@ -48,15 +48,17 @@ def forward(cell, params, inputs):
     return {**states, "caches": caches}
 
 
-def gradients(cell, params, inputs, targets, *, loss="last"):
+def gradients(cell, params, inputs, targets, *, loss="last", mask=None, clip=None):
     """Loss, parameter gradients and log gradient-norm profiles, in float64.
 
-    Same contract and keys as :func:`rnnsim.gradients`; always computes in
-    float64 whatever the inputs' dtype (the gradients are returned in the inputs'
-    dtype, the log profiles in float64).
+    Same contract and keys as :func:`rnnsim.gradients` (every loss, ``mask`` and
+    ``clip``); always computes in float64 whatever the inputs' dtype (the gradients
+    are returned in the inputs' dtype, the log profiles in float64).
     """
     problem, params, inputs, targets = check_problem(cell, params, inputs, targets, loss)
-    return logdomain.assemble(problem, raw_gradients(problem, params, inputs, targets))
+    mask = check_mask(problem, mask)
+    clip = check_clip(clip)
+    return logdomain.assemble(problem, raw_gradients(problem, params, inputs, targets, mask), clip)
 
 
 def _log_norm(v):
@@ -64,16 +66,23 @@ def _log_norm(v):
         return np.log(np.linalg.norm(v, axis=-1))
 
 
-def raw_gradients(problem, params, inputs, targets):
+def raw_gradients(problem, params, inputs, targets, mask=None, *, adjoints=None):
     """The backend contract: log-domain results before ``rnnsim.logdomain.assemble``.
 
-    Takes validated arguments (see ``rnnsim._validate.check_problem``) and returns
+    Takes validated arguments (see ``rnnsim._validate.check_problem`` and
+    ``check_mask``) and returns
     ``mantissas`` (dict of the recurrent-parameter gradients relative to
     ``exp(log_scale)``; ``bias_hh_l0`` may be left to ``logdomain.tie_biases``),
     ``log_scale`` (E,), ``weight_out``, ``bias_out``, ``loss`` (E,) and one
     (E, B, T+1) log-norm profile per state component (``log_grad_norm`` for h,
     ``log_grad_norm_c`` for the lstm's c; see ``Cell.profile_keys``). Every kernel
     backend returns the same dict.
+
+    With ``adjoints`` (E, B, T+1, H), the per-step dL/dh_t of a loss computed outside
+    (:func:`rnnsim.losses.readout_loss`), those are injected into the backward instead
+    of the loss of ``problem.loss``, and ``loss``, ``weight_out`` and ``bias_out`` are
+    left out (the caller has them); ``targets`` and ``mask`` are then unused. Every
+    backend's ``gradients`` takes ``adjoints`` the same way.
     """
     spec = cells.get(problem.cell)
     p = {k: v.astype(np.float64) for k, v in params.items()}
@@ -81,8 +90,11 @@ def raw_gradients(problem, params, inputs, targets):
     E, B, T, H = problem.E, problem.B, problem.T, problem.H
     acts = forward(problem.cell, p, x)
     h = acts["h"]
-    out = readout_loss(problem.loss, p, h, targets)
-    local = out["local"]                                   # (E, B, T+1, H), dL/dh_t from the loss
+    if adjoints is None:
+        out = readout_loss(problem.loss, p, h, targets, mask)
+        local = out["local"]                               # (E, B, T+1, H), dL/dh_t from the loss
+    else:
+        out, local = None, np.asarray(adjoints, dtype=np.float64)
 
     # ---- backward through time, log domain (identity 1 at every step)
     profiles = {name: np.full((E, B, T + 1), -np.inf) for name in spec.state}
@@ -110,8 +122,9 @@ def raw_gradients(problem, params, inputs, targets):
         "bias_ih_l0": rel["ih"].sum(axis=(1, 2)),
         "bias_hh_l0": rel["hh"].sum(axis=(1, 2)),
     }
-    raw = {"mantissas": mantissas, "log_scale": s_star, "loss": out["loss"],
-           "weight_out": out["weight_out"], "bias_out": out["bias_out"]}
+    raw = {"mantissas": mantissas, "log_scale": s_star}
+    if out is not None:
+        raw.update(loss=out["loss"], weight_out=out["weight_out"], bias_out=out["bias_out"])
     for name, key in spec.profile_keys().items():
         raw[key] = profiles[name]
     return raw

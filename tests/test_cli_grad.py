@@ -8,7 +8,7 @@ from click.testing import CliRunner
 import rnnsim
 from rnnsim import cells
 from rnnsim.cli import main
-from rnnsim.losses import LOSSES
+from rnnsim.losses import LOSSES, MASKED_LOSSES
 
 from helpers import make_problem
 
@@ -25,6 +25,7 @@ def _write_torch_style(tmp_path, cell="lstm", loss="last", ensemble=False, dtype
     np.savez(tmp_path / "P.npz", **params)
     np.save(tmp_path / "X.npy", x)
     np.save(tmp_path / "Y.npy", y)
+    np.save(tmp_path / "M.npy", np.array([True, False, True, False, True]))  # (T,): any ensemble axis
     return params, x, y
 
 
@@ -34,16 +35,35 @@ def _args(tmp_path, cell="lstm", *extra):
 
 
 @pytest.mark.parametrize("ensemble", [False, True])
-# Every cell, each with one of the losses in turn (the last cell first, so that lstm gets "last").
-@pytest.mark.parametrize("cell, loss", list(zip(reversed(cells.names()), itertools.cycle(LOSSES))))
+# Every loss, each with one of the cells in turn (the last cell first, so that lstm gets "every").
+@pytest.mark.parametrize("cell, loss", list(zip(itertools.cycle(reversed(cells.names())), LOSSES)))
 def test_round_trip_matches_python_api(tmp_path, cell, loss, ensemble):
     params, x, y = _write_torch_style(tmp_path, cell, loss, ensemble)
-    result = _run(*_args(tmp_path, cell, "--loss", loss))
+    masked = loss in MASKED_LOSSES
+    result = _run(*_args(tmp_path, cell, "--loss", loss, *(["--mask", str(tmp_path / "M.npy")] * masked)))
     assert result.exit_code == 0, result.output
     assert "wrote" in result.output
     if not ensemble:
         params, x, y = {k: v[None] for k, v in params.items()}, x[None], y[None]
-    expected = rnnsim.gradients(cell, params, x, y, loss=loss)
+    mask = np.load(tmp_path / "M.npy") if masked else None
+    expected = rnnsim.gradients(cell, params, x, y, loss=loss, mask=mask)
+    with np.load(tmp_path / "G.npz") as saved:
+        assert set(saved.files) == set(expected)
+        for key, value in expected.items():
+            np.testing.assert_array_equal(saved[key], value if ensemble else value[0], err_msg=key)
+
+
+@pytest.mark.parametrize("ensemble", [False, True])
+def test_clip_writes_clipped_gradients(tmp_path, ensemble):
+    params, x, y = _write_torch_style(tmp_path, "gru", "mse-every", ensemble)
+    if not ensemble:
+        params, x, y = {k: v[None] for k, v in params.items()}, x[None], y[None]
+    norm = np.exp(rnnsim.gradients("gru", params, x, y, loss="mse-every")["log_grad_norm_params"][0])
+    clip = 0.5 * float(norm)
+    result = _run(*_args(tmp_path, "gru", "--loss", "mse-every", "--clip", repr(clip)))
+    assert result.exit_code == 0, result.output
+    expected = rnnsim.gradients("gru", params, x, y, loss="mse-every", clip=clip)
+    assert expected["clipped"][0]
     with np.load(tmp_path / "G.npz") as saved:
         assert set(saved.files) == set(expected)
         for key, value in expected.items():
@@ -76,6 +96,19 @@ def _bad_cases(tmp_path):
     yield "unknown loss", _args(tmp_path, "lstm", "--loss", "mean"), "'mean' is not one of"
     yield "unknown device", _args(tmp_path, "lstm", "--device", "tpu"), "'tpu' is not one of"
     yield "targets per step for loss last", _args(tmp_path, "lstm", "--loss", "every"), "targets"
+    np.save(tmp_path / "YT.npy", np.zeros((3, 5), np.int64))
+    per_step = [str(tmp_path / "YT.npy") if a.endswith("Y.npy") else a for a in _args(tmp_path, "lstm")]
+    yield "masked without a mask", per_step + ["--loss", "masked"], "needs a mask"
+    mask = ["--mask", str(tmp_path / "M.npy")]
+    yield "a mask for loss last", _args(tmp_path, "lstm", *mask), "takes no mask"
+    yield "missing mask file", _args(tmp_path, "lstm", "--mask", str(tmp_path / "none.npy")), "no such file"
+    np.save(tmp_path / "I.npy", np.ones(5, np.int64))
+    yield "an int mask", per_step + ["--loss", "masked", "--mask", str(tmp_path / "I.npy")], "bool"
+    np.save(tmp_path / "E.npy", np.zeros(5, bool))
+    yield "an empty mask", per_step + ["--loss", "masked", "--mask", str(tmp_path / "E.npy")], "selects no"
+    yield "clip 0", _args(tmp_path, "lstm", "--clip", "0"), "--clip"
+    yield "clip inf", _args(tmp_path, "lstm", "--clip", "inf"), "clip must be a positive finite"
+    yield "int targets for mse", _args(tmp_path, "lstm", "--loss", "mse-last"), "targets"
 
 
 def test_bad_input_exits_2_with_one_line(tmp_path):

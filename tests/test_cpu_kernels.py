@@ -4,7 +4,7 @@ import pytest
 
 import rnnsim
 from rnnsim import cells, config, reference
-from rnnsim.losses import LOSSES
+from rnnsim.losses import FUSED_LOSSES as LOSSES  # the other losses: test_losses.py
 
 from helpers import assert_close, assert_outputs_close, make_problem
 

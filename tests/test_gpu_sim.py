@@ -19,11 +19,11 @@ import math
 import numpy as np
 import pytest
 
-from rnnsim import cells, config, forward, gradients, init_params, logdomain, reference
+from rnnsim import cells, config, forward, gradients, init_params, logdomain, losses, reference
 from rnnsim._validate import check_problem
 from rnnsim.kernels import gpu, gpu_launch
 
-from helpers import assert_outputs_close, make_problem
+from helpers import assert_outputs_close, make_mask, make_problem
 
 pytestmark = pytest.mark.cudasim
 
@@ -70,6 +70,32 @@ SHAPES = [
 @pytest.mark.parametrize("sizes", SHAPES, ids=["small", "minimal"])
 def test_gradients_match_reference_and_cpu(cell, loss, dtype, sizes):
     compare(cell, loss, dtype, **sizes)
+
+
+INJECTED = [loss for loss in losses.LOSSES if loss not in losses.FUSED_LOSSES]
+# every (cell, loss) in float64; float32 for one loss per cell in turn (the simulator is slow)
+INJECTED_CASES = ([(cell, loss, np.float64) for cell in CELLS for loss in INJECTED]
+                  + [(cell, INJECTED[i % len(INJECTED)], np.float32) for i, cell in enumerate(CELLS)])
+
+
+@pytest.mark.parametrize("cell, loss, dtype", INJECTED_CASES,
+                         ids=[f"{c}-{loss}-{np.dtype(d).name}" for c, loss, d in INJECTED_CASES])
+def test_injected_losses_match_reference_and_cpu(cell, loss, dtype):
+    """The losses of rnnsim.losses: their adjoints go through the backward kernels'
+    injected path (a readout with no rows); clipped, which scales on the host."""
+    sizes = SHAPES[0]
+    params, inputs, targets = make_problem(cell, **sizes, loss=loss, dtype=dtype)
+    kwargs = dict(loss=loss, mask=make_mask(loss, sizes["E"], sizes["B"], sizes["T"]))
+    got = gradients(cell, params, inputs, targets, device="cuda", **kwargs)
+    assert_outputs_close(got, reference.gradients(cell, params, inputs, targets, **kwargs), dtype)
+    want = gradients(cell, params, inputs, targets, device="cpu", **kwargs)
+    assert_outputs_close(got, want, dtype)
+    assert_same_dtypes(got, want)
+    clip = 0.5 * float(np.exp(got["log_grad_norm_params"]).min())
+    clipped = gradients(cell, params, inputs, targets, device="cuda", clip=clip, **kwargs)
+    assert clipped["clipped"].all()
+    assert_outputs_close(clipped, gradients(cell, params, inputs, targets, device="cpu", clip=clip, **kwargs),
+                         dtype)
 
 
 @pytest.mark.parametrize("cell", CELLS)

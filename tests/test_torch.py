@@ -9,9 +9,9 @@ import pytest
 
 import rnnsim
 from rnnsim import cells, reference
-from rnnsim.losses import LOSSES
+from rnnsim.losses import LOSSES, is_class_loss
 
-from helpers import assert_close, make_problem
+from helpers import assert_close, make_mask, make_problem
 
 torch = pytest.importorskip("torch")
 TORCH_DTYPE = {np.float64: torch.float64, np.float32: torch.float32}
@@ -62,7 +62,22 @@ def test_forward_matches_torch_modules(cell, dtype):
         assert_close(ours["h"][e], out.detach().numpy(), RTOL[dtype], name="h")
 
 
-def _torch_unrolled(cell, params, x, y, loss, e, dtype):
+def _torch_loss(loss, hs, p, y, mask):
+    """Network e's loss in torch's own terms: CrossEntropyLoss / MSELoss (mean) on the
+    selected positions (``mask``: network e's (B, T) bool mask, masked losses only)."""
+    if loss.endswith("last"):
+        z = hs[-1] @ p["weight_out"].T + p["bias_out"]
+    else:
+        z = torch.stack(hs[1:], 1) @ p["weight_out"].T + p["bias_out"]
+        y = y if mask is None else y[torch.from_numpy(mask)]
+        z = z.reshape(-1, z.shape[-1]) if mask is None else z[torch.from_numpy(mask)]
+        y = y.reshape(-1) if is_class_loss(loss) else y.reshape(-1, y.shape[-1])
+    if is_class_loss(loss):
+        return torch.nn.functional.cross_entropy(z, y)
+    return torch.nn.MSELoss(reduction="mean")(z, y)
+
+
+def _torch_unrolled(cell, params, x, y, loss, e, dtype, mask=None):
     """Loss, parameter grads and per-step adjoints of network e via autograd."""
     p = {k: torch.tensor(v[e], dtype=TORCH_DTYPE[dtype], requires_grad=True) for k, v in params.items()}
     xs = torch.from_numpy(x[e])
@@ -80,20 +95,16 @@ def _torch_unrolled(cell, params, x, y, loss, e, dtype):
             cs.append(c)
         h.retain_grad()
         hs.append(h)
-    tgt = torch.from_numpy(y[e])
-    if loss == "last":
-        value = torch.nn.functional.cross_entropy(h @ p["weight_out"].T + p["bias_out"], tgt)
-    else:
-        logits = torch.stack(hs[1:], 1) @ p["weight_out"].T + p["bias_out"]
-        value = torch.nn.functional.cross_entropy(logits.reshape(B * T, -1), tgt.reshape(-1))
+    value = _torch_loss(loss, hs, p, torch.from_numpy(y[e]), None if mask is None else mask[e])
     value.backward()
     norms = np.stack([np.linalg.norm(v.grad.double().numpy(), axis=1) for v in hs], axis=1)
     out = {k: v.grad.numpy() for k, v in p.items()}
     out["loss"] = value.item()
-    out["log_grad_norm"] = np.log(norms)
-    if "c" in cells.get(cell).state:
-        out["log_grad_norm_c"] = np.log(np.stack([np.linalg.norm(v.grad.double().numpy(), axis=1)
-                                                  for v in cs], axis=1))
+    with np.errstate(divide="ignore"):  # a sequence whose every step a mask leaves out: ln 0
+        out["log_grad_norm"] = np.log(norms)
+        if "c" in cells.get(cell).state:
+            out["log_grad_norm_c"] = np.log(np.stack([np.linalg.norm(v.grad.double().numpy(), axis=1)
+                                                      for v in cs], axis=1))
     return out
 
 
@@ -104,10 +115,11 @@ def _torch_unrolled(cell, params, x, y, loss, e, dtype):
 def test_gradients_match_torch_autograd(cell, loss, dtype, shape):
     E = shape[0]
     params, x, y = make_problem(cell, *shape, loss=loss, dtype=dtype, seed=11)
+    mask = make_mask(loss, *shape[:3], seed=11)
     for impl in (rnnsim.gradients, reference.gradients):
-        ours = impl(cell, params, x, y, loss=loss)
+        ours = impl(cell, params, x, y, loss=loss, mask=mask)
         for e in range(E):
-            theirs = _torch_unrolled(cell, params, x, y, loss, e, dtype)
+            theirs = _torch_unrolled(cell, params, x, y, loss, e, dtype, mask)
             # torch itself computes in the dtype: compare at that dtype's accuracy,
             # with the tolerance widened for float32 by its forward rounding.
             rtol = 1e-11 if dtype == np.float64 else 1e-4

@@ -18,19 +18,26 @@ from ._common import check_out, device_option, load_array, load_params, with_ens
 @click.option("--inputs", "inputs_path", required=True, metavar="X.npy",
               help="Inputs (B, T, D), or (E, B, T, D) with an ensemble axis; float32 or float64.")
 @click.option("--targets", "targets_path", required=True, metavar="Y.npy",
-              help="Integer class targets: (B,) for --loss last, (B, T) for --loss every "
-                   "(with a leading E axis when the params have one).")
+              help="Cross-entropy losses: integer classes, (B,) for last, (B, T) for every and masked. "
+                   "MSE losses: floats like the inputs, (B, K) for mse-last, (B, T, K) for mse-every and "
+                   "mse-masked. With a leading E axis when the params have one.")
 @click.option("--loss", type=click.Choice(LOSSES), default="last", show_default=True,
-              help="Cross-entropy at the final step, or averaged over every step.")
+              help="Cross-entropy (last, every, masked) or MSE of the linear readout (mse-*), at the final "
+                   "step, averaged over every step, or over the steps of --mask.")
+@click.option("--mask", "mask_path", default=None, metavar="M.npy",
+              help="Bool mask of the steps that carry a loss term, for --loss masked and mse-masked: "
+                   "(T,), (B, T) or (E, B, T).")
+@click.option("--clip", type=click.FloatRange(min=0.0, min_open=True), default=None, metavar="C",
+              help="Clip every network's gradient to global norm at most C (G.npz then holds 'clipped').")
 @device_option
 @click.option("--out", "out_path", required=True, metavar="G.npz", help="Where to write the gradients.")
 @click.option("--force", is_flag=True, help="Overwrite an existing --out file.")
-def grad(cell, params_path, inputs_path, targets_path, loss, device, out_path, force):
+def grad(cell, params_path, inputs_path, targets_path, loss, mask_path, clip, device, out_path, force):
     """Exact gradients and log-domain gradient-norm profiles for given weights.
 
     G.npz holds the keys of rnnsim.gradients: one gradient per parameter, loss,
-    log_grad_norm (B, T+1), log_grad_norm_c (lstm) and log_grad_norm_params. When
-    the files have no ensemble axis, neither has G.npz.
+    log_grad_norm (B, T+1), log_grad_norm_c (lstm), log_grad_norm_params (unclipped)
+    and, with --clip, clipped. When the files have no ensemble axis, neither has G.npz.
     """
     from .. import gradients
 
@@ -38,10 +45,12 @@ def grad(cell, params_path, inputs_path, targets_path, loss, device, out_path, f
     params = load_params(params_path)
     inputs = load_array(inputs_path, "--inputs")
     targets = load_array(targets_path, "--targets")
+    mask = None if mask_path is None else load_array(mask_path, "--mask")
 
     single, params, (inputs, targets) = with_ensemble_axis(params, inputs, targets)
 
-    result = gradients(cell, params, inputs, targets, loss=loss, device=device)
+    # a mask broadcasts against (E, B, T) as it is, with or without an ensemble axis
+    result = gradients(cell, params, inputs, targets, loss=loss, mask=mask, clip=clip, device=device)
     if single:
         result = {k: v[0] for k, v in result.items()}
     atomic_write(out_path, lambda handle: np.savez(handle, **result))

@@ -81,14 +81,25 @@ def _prepared_weights(params):
             np.ascontiguousarray(params["weight_hh_l0"].transpose(0, 2, 1)))
 
 
-def gradients(problem, params, inputs, targets):
-    """Backend contract of :func:`rnnsim.reference.raw_gradients`, on the CPU."""
+def gradients(problem, params, inputs, targets, adjoints=None):
+    """Backend contract of :func:`rnnsim.reference.raw_gradients`, on the CPU.
+
+    With ``adjoints`` (E, B, T+1, H) in the problem's dtype, the item kernels inject
+    them as the per-step dL/dh_t instead of computing the fused cross-entropy, and
+    ``loss``, ``weight_out``, ``bias_out`` are left out of the result.
+    """
     spec = cells.get(problem.cell)
     E, B, T, H, D, K = problem.E, problem.B, problem.T, problem.H, problem.D, problem.K
     GH, dt = problem.G * H, problem.dtype
-    loss_every = problem.loss == "every"
+    injected = adjoints is not None
+    loss_every = injected or problem.loss == "every"
     w_ih_t, w_hh_t = _prepared_weights(params)
-    tgt = targets if loss_every else targets[:, :, None]
+    if injected:
+        tgt = np.zeros((E, B, 1), np.int64)  # unused
+        given = np.ascontiguousarray(adjoints, dtype=dt)
+    else:
+        tgt = targets if loss_every else targets[:, :, None]
+        given = np.zeros((0, 0, 0, 0), dt)  # no injected adjoints: the fused cross-entropy
     net, b0, b1 = _work_items(E, B)
     n = len(net)
     part_ih = np.empty((n, GH, D), dt)
@@ -102,7 +113,7 @@ def gradients(problem, params, inputs, targets):
     profiles = np.empty((len(spec.state), E, B, T + 1))  # ln‖dL/d(state_t)‖, in spec.state order
     cutoff = logdomain.log_weight_cutoff(dt)
     with _single_threaded_blas():
-        _run_items(spec.kernels("cpu").gradients_item, n, loss_every, inputs, tgt, w_ih_t, w_hh_t,
+        _run_items(spec.kernels("cpu").gradients_item, n, loss_every, inputs, tgt, given, w_ih_t, w_hh_t,
                    params["weight_hh_l0"], params["bias_ih_l0"], params["bias_hh_l0"], params["weight_out"],
                    params["bias_out"], net, b0, b1, cutoff, part_ih, part_hh, part_bih, part_bhh, part_scale,
                    part_out, part_bout, part_loss, profiles)
@@ -111,13 +122,10 @@ def gradients(problem, params, inputs, targets):
         parts["bias_hh_l0"] = part_bhh
     mantissas, log_scale = logdomain.merge_scaled(parts, part_scale, net, E, cutoff)
     count = B * T if loss_every else B
-    raw = {
-        "mantissas": mantissas,
-        "log_scale": log_scale,
-        "weight_out": _sum_by(net, part_out, E),
-        "bias_out": _sum_by(net, part_bout, E),
-        "loss": _sum_by(net, part_loss, E) / count,
-    }
+    raw = {"mantissas": mantissas, "log_scale": log_scale}
+    if not injected:
+        raw.update(weight_out=_sum_by(net, part_out, E), bias_out=_sum_by(net, part_bout, E),
+                   loss=_sum_by(net, part_loss, E) / count)
     for i, key in enumerate(spec.profile_keys().values()):
         raw[key] = profiles[i]
     return raw

@@ -91,7 +91,7 @@ def output_layer(h_rows, w_out, b_out, targets, inv_count, dlogits, local):
 
 
 @jit
-def loss_adjoints(loss_every, targets, e, b0, hs, w_out, b_out, inv_count, part_out, part_bout):
+def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count, part_out, part_bout):
     """The readout of one work item: its loss terms and the adjoints they inject
     (:func:`rnnsim.losses.readout_loss` for one network and a tile of sequences).
 
@@ -99,6 +99,10 @@ def loss_adjoints(loss_every, targets, e, b0, hs, w_out, b_out, inv_count, part_
     ----------
     loss_every : bool, loss "every" (else "last")
     targets : (E, B, steps) int64, steps = T or 1
+    given : (E, B, T+1, H) per-step adjoints dL/dh_t of a loss computed outside the
+        kernels (injected; then ``loss_every`` must be True and the targets, readout
+        and outputs ``part_out``, ``part_bout`` are left alone, and the loss is 0), or
+        an array with a zero-length first axis for the fused cross-entropy
     e, b0 : the item's network and first sequence
     hs : (T+1, nb, H) hidden states of the item
     w_out, b_out : (K, H), (K,) network e's readout
@@ -115,6 +119,17 @@ def loss_adjoints(loss_every, targets, e, b0, hs, w_out, b_out, inv_count, part_
     T1, nb, H = hs.shape
     T = T1 - 1
     K = w_out.shape[0]
+    if given.shape[0] > 0:
+        local = np.empty((T + 1, nb, H), hs.dtype)
+        for b in range(nb):
+            for t in range(T + 1):
+                local[t, b] = given[e, b0 + b, t]
+        local_log = np.empty((T + 1, nb))
+        log_norms(local.reshape((T + 1) * nb, H), local_log.reshape((T + 1) * nb))
+        mant_h = local[T].copy()
+        scale = np.zeros(nb)
+        renormalise(scale, mant_h, np.empty((nb, 0), hs.dtype), local[:0, 0], local_log[:0, 0])
+        return 0.0, mant_h, scale, local, local_log
     if loss_every:
         rows = T * nb
         tgt = np.empty(rows, np.int64)

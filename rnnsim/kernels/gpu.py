@@ -172,8 +172,10 @@ def _launch_common(kernel, name, grid, block, args, threads, limits):
 # ----------------------------------------------------------------------------------
 # memory planning
 # ----------------------------------------------------------------------------------
-def _bytes_per_network(problem, with_gradients):
-    """Device bytes that one network of the ensemble needs (activations + outputs)."""
+def _bytes_per_network(problem, with_gradients, injected=False):
+    """Device bytes that one network of the ensemble needs (activations + outputs);
+    ``injected``: the per-step adjoints (B, T, H) of a loss computed on the host
+    take the place of the logits' gradient."""
     B, T, D, H, K, G = problem.B, problem.T, problem.D, problem.H, problem.K, problem.G
     item = problem.dtype.itemsize
     words = G * H * (D + 2 * H + 2) + K * (H + 1) + B * T * D  # params (W_hh twice) and inputs
@@ -184,14 +186,15 @@ def _bytes_per_network(problem, with_gradients):
         steps = T if problem.loss == "every" else 1
         profiles = len(cells.get(problem.cell).state)
         hh_rows = _rows_count(module.recurrent_only_rows(H))
-        total += item * (B * T * (G * H + hh_rows) + B * steps * K)  # da of both sides, dlogits
+        adjoints = B * T * H if injected else B * steps * K
+        total += item * (B * T * (G * H + hh_rows) + adjoints)  # da of both sides, dlogits or adjoints
         total += 8 * (2 * B * T + profiles * B * (T + 1))  # da scales and weights, log profiles
         total += 8 * (G * H * (H + D + 1) + (hh_rows + K) * (H + 1) + 2 * B * steps + 1)  # gemms, losses
     return total
 
 
-def _networks_per_chunk(cuda, problem, with_gradients, limits):
-    per_network = _bytes_per_network(problem, with_gradients)
+def _networks_per_chunk(cuda, problem, with_gradients, limits, injected=False):
+    per_network = _bytes_per_network(problem, with_gradients, injected)
     budget = config.GPU_MEMORY_BUDGET_BYTES
     if budget is None:
         free = cuda.current_context().get_memory_info().free
@@ -236,13 +239,15 @@ def _run_forward(cuda, problem, kernels, d_params, d_x, n_nets, tile, threads, l
     return acts
 
 
-def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads, limits):
-    """All raw results of the networks ``nets`` (a slice), copied back once."""
+def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads, limits, adjoints=None):
+    """All raw results of the networks ``nets`` (a slice), copied back once; with
+    ``adjoints`` (E, B, T+1, H) the backward injects them (see :func:`gradients`)."""
     n = nets.stop - nets.start
     B, T, H, D, K, G = problem.B, problem.T, problem.H, problem.D, problem.K, problem.G
     cell = cells.get(problem.cell)
     module = _cell_module(problem.cell)
-    every = problem.loss == "every"
+    injected = adjoints is not None
+    every = injected or problem.loss == "every"
     steps = T if every else 1
     h_offset = 1 if every else T  # output step j reads h_{j + h_offset}
     hh_rows = module.recurrent_only_rows(H)  # empty where the biases fold
@@ -251,14 +256,20 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
     common = _common_kernels(threads)
     d_params = _params_to_device(cuda, params, nets)
     d_x = cuda.to_device(inputs[nets])
-    d_targets = cuda.to_device(np.ascontiguousarray(targets[nets].reshape(n, B, steps)))
     acts = _run_forward(cuda, problem, kernels, d_params, d_x, n, tile, threads, limits)
 
-    dlogits = cuda.device_array((n, B, steps, K), dtype=problem.dtype)
-    ce_partial = cuda.device_array((n, grids.output_layer[0]), dtype=np.float64)
-    _launch_common(common["output_layer"], "output_layer", grids.output_layer, threads,
-                   (d_params["weight_out"], d_params["bias_out"], acts["h"], h_offset, d_targets,
-                    1.0 / (B * steps), dlogits, ce_partial), threads, limits)
+    if injected:
+        # dL/dh_1..dL/dh_T in place of the logits' gradient, and a readout with no rows
+        # (K = 0), which tells the backward's local_term to read them as they are
+        dlogits = cuda.to_device(np.ascontiguousarray(adjoints[nets, :, 1:], dtype=problem.dtype))
+        d_params = dict(d_params, weight_out=cuda.device_array((n, 0, H), dtype=problem.dtype))
+    else:
+        d_targets = cuda.to_device(np.ascontiguousarray(targets[nets].reshape(n, B, steps)))
+        dlogits = cuda.device_array((n, B, steps, K), dtype=problem.dtype)
+        ce_partial = cuda.device_array((n, grids.output_layer[0]), dtype=np.float64)
+        _launch_common(common["output_layer"], "output_layer", grids.output_layer, threads,
+                       (d_params["weight_out"], d_params["bias_out"], acts["h"], h_offset, d_targets,
+                        1.0 / (B * steps), dlogits, ce_partial), threads, limits)
 
     da = cuda.device_array((n, B, T, G * H), dtype=problem.dtype)  # the input-side rows
     da_hh = (cuda.device_array((n, B, T, _rows_count(hh_rows)), dtype=problem.dtype)
@@ -282,21 +293,20 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
         rec_hh = cuda.device_array((n, _rows_count(hh_rows), H + 1), dtype=np.float64)
         _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grids.gemm_recurrent_hh,
                        block, (da_hh, row_weight, True, acts["h"], 0, d_x, False, rec_hh), threads, limits)
-    outw = cuda.device_array((n, K, H + 1), dtype=np.float64)
-    _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grids.gemm_output, block,
-                   (dlogits, row_weight, False, acts["h"], h_offset, d_x, False, outw), threads, limits)
-
     rec_host = rec.copy_to_host()
-    outw_host = outw.copy_to_host()
     result = {
         "weight_hh_l0": rec_host[:, :, :H],
         "weight_ih_l0": rec_host[:, :, H:H + D],
         "bias_ih_l0": rec_host[:, :, H + D],
-        "weight_out": outw_host[:, :, :H],
-        "bias_out": outw_host[:, :, H],
         "log_scale": top.copy_to_host(),
-        "loss": ce_partial.copy_to_host().sum(axis=1) / (B * steps),
     }
+    if not injected:
+        outw = cuda.device_array((n, K, H + 1), dtype=np.float64)
+        _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grids.gemm_output, block,
+                       (dlogits, row_weight, False, acts["h"], h_offset, d_x, False, outw), threads, limits)
+        outw_host = outw.copy_to_host()
+        result.update(weight_out=outw_host[:, :, :H], bias_out=outw_host[:, :, H],
+                      loss=ce_partial.copy_to_host().sum(axis=1) / (B * steps))
     if not cell.folded_bias:  # else bias_hh_l0 is left to rnnsim.logdomain.tie_biases (identity 4)
         result["bias_hh_l0"] = rec_host[:, :, H + D].copy()
     if da_hh is not None:  # the rows whose recurrent-side adjoints differ
@@ -312,13 +322,17 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
 # ----------------------------------------------------------------------------------
 # public entry points (called by rnnsim.engine with validated arguments)
 # ----------------------------------------------------------------------------------
-def gradients(problem, params, inputs, targets):
+def gradients(problem, params, inputs, targets, adjoints=None):
     r"""Raw log-domain results (the contract of ``rnnsim.reference.raw_gradients``).
 
     Parameters
     ----------
     problem : rnnsim._validate.Problem
     params, inputs, targets : validated arrays from ``rnnsim._validate.check_problem``
+    adjoints : (E, B, T+1, H) array in the problem's dtype, or None
+        Per-step dL/dh_t of a loss computed on the host (:mod:`rnnsim.losses`): the
+        backward injects them instead of the fused cross-entropy's, no output-layer
+        kernels run, and ``loss``, ``weight_out``, ``bias_out`` are left out.
 
     Returns
     -------
@@ -342,12 +356,12 @@ def gradients(problem, params, inputs, targets):
     cuda = _require_gpu()
     threads, tile = _launch_config()
     limits = _limits(cuda)
-    size = _networks_per_chunk(cuda, problem, True, limits)
-    parts = [_chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads, limits)
+    size = _networks_per_chunk(cuda, problem, True, limits, adjoints is not None)
+    parts = [_chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads, limits, adjoints)
              for nets in _chunks(problem.E, size)]
     joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     plain = ("weight_out", "bias_out", "log_scale", "loss", *cells.get(problem.cell).profile_keys().values())
-    raw = {k: joined.pop(k) for k in plain}
+    raw = {k: joined.pop(k) for k in plain if k in joined}
     raw["mantissas"] = joined
     return raw
 

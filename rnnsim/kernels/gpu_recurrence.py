@@ -243,11 +243,15 @@ def recurrence_device_functions(num_sums, state_columns, tile, threads):
     @register_jitable
     def local_term(w_out, dlogits, has_loss, e, b, j, k):
         """(W_out^T dlogits[e, b, j])[k], the new loss term's dL/dh; 0 without one
-        or for a padding sequence b >= B."""
+        or for a padding sequence b >= B. A readout with no rows (K = 0) marks
+        injected adjoints: ``dlogits`` (E, B, T, H) then holds dL/dh itself."""
         loc = 0.0
         if has_loss and b < dlogits.shape[1]:
-            for c in range(w_out.shape[1]):
-                loc += w_out[e, c, k] * dlogits[e, b, j, c]
+            if w_out.shape[1] == 0:
+                loc = dlogits[e, b, j, k]
+            else:
+                for c in range(w_out.shape[1]):
+                    loc += w_out[e, c, k] * dlogits[e, b, j, c]
         return loc
 
     @register_jitable

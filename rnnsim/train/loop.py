@@ -144,12 +144,11 @@ def train(cell, params, task, *, length, steps, batch=32, optimizer="adam", lr=1
         evaluations["loss"][row] = np.where(alive, loss.mean(axis=1), np.nan)
         evaluations["rate"][row] = np.where(alive, solved.mean(axis=1), np.nan)
 
-    clip_args = {} if clip is None else {"clip": clip}
     for step in range(steps):
         if step in eval_steps:
             evaluate(eval_steps.index(step))
         x, y = tasks.make_ensemble_batch(task, seeds, batch, T, step=step, dtype=dtype)
-        result = gradients(cell, current, x, y, loss=dims.loss, device=device, **clip_args)
+        result = gradients(cell, current, x, y, loss=dims.loss, clip=clip, device=device)
         loss = np.asarray(result["loss"], dtype=np.float64)
         _, solved = tasks.score(task, _outputs(cell, current, x, device), y)
         norm = result["log_grad_norm_params"]
@@ -158,12 +157,13 @@ def train(cell, params, task, *, length, steps, batch=32, optimizer="adam", lr=1
         history["loss"][step] = np.where(alive, loss, np.nan)
         history["rate"][step] = np.where(alive, solved.mean(axis=1), np.nan)
         history["log_grad_norm"][step] = np.where(alive, norm, np.nan)
-        history["clipped"][step] = alive & np.asarray(result.get("clipped", np.zeros(E, dtype=bool)))
+        history["clipped"][step] = alive & result["clipped"] if clip is not None else False
         history["skipped"][step] = alive & skipped
         diverged_at[~alive & np.isnan(diverged_at)] = step
         before = {key: value.copy() for key, value in master.items()}
-        opt.step(master, result, alive & ~skipped)
-        candidate = {key: value.astype(dtype) for key, value in master.items()}
+        with np.errstate(over="ignore", invalid="ignore"):  # a diverging step is found just below
+            opt.step(master, result, alive & ~skipped)
+            candidate = {key: value.astype(dtype) for key, value in master.items()}
         ok = _finite_rows(candidate, E)
         broke = alive & ~ok
         if broke.any():  # keep the last finite weights of the networks this update broke
