@@ -55,6 +55,7 @@ from .lyapunov import lyapunov  # noqa: E402
 from .plot import plot  # noqa: E402
 from .sweep import sweep  # noqa: E402
 from .theory import theory  # noqa: E402
+from .train import train  # noqa: E402
 
-for _command in (grad, lyapunov, sweep, plot, theory, export):
+for _command in (grad, lyapunov, sweep, train, plot, theory, export):
     main.add_command(_command)

@@ -1,4 +1,4 @@
-"""``rnnsim plot DIR``: phase diagrams, profiles, rates (and spectra) of a sweep's results folder."""
+"""``rnnsim plot DIR``: the figures of a sweep's results folder, or the learning curves of a train folder."""
 from __future__ import annotations
 
 import click
@@ -12,8 +12,9 @@ import click
                    "[default: five across the range and the one nearest the critical scale]")
 @click.option("--quiet", is_flag=True, help="Do not list the files written.")
 def plot(out, scales, quiet):
-    """Write phase_<cell>, profiles and rates figures (PNG and PDF) into DIR, and spectrum when the
-    sweep ran the lyapunov measure.
+    """Write phase_<cell>, profiles and rates figures (PNG and PDF) into DIR, spectrum when the
+    sweep ran the lyapunov measure and trainability_<cell> with train:TASK; for a folder of
+    `rnnsim train`, learning_curves (--scales does not apply).
 
     Every figure is written atomically; DIR is locked while they are drawn, so a
     sweep still writing DIR is reported as in use.

@@ -49,12 +49,25 @@ def _default(key):
 @click.option("--dtype", type=click.Choice(DTYPES), help=f"Compute dtype. {_default('dtype')}")
 @click.option("--measure", metavar="LIST",
               help="What to measure, a comma list of "
-                   f"{', '.join(n for n in MEASURES)}: gradients and mean_field always; "
-                   "rates adds bootstrap intervals and the mean rate, lyapunov the top Lyapunov exponents, "
-                   f"pascanu sigma_max(W_hh) and the Pascanu bound. {_default('measure')}")
+                   f"{', '.join(n for n in MEASURES if n != 'train')}, train:TASK: gradients and mean_field "
+                   "always; rates adds bootstrap intervals and the mean rate, lyapunov the top Lyapunov "
+                   "exponents, pascanu sigma_max(W_hh) and the Pascanu bound, train:TASK trains every "
+                   "network on TASK (adding, temporal-order or copy-first; one task per sweep). "
+                   f"{_default('measure')}")
 @click.option("--lyap-k", metavar="K",
               help=f"Lyapunov exponents per network (with --measure lyapunov), 1 to the state dimension. "
                    f"{_default('lyap-k')}")
+@click.option("--steps", metavar="N",
+              help=f"Training steps per network (with train:TASK). {_default('steps')}")
+@click.option("--optimizer", metavar="NAME",
+              help=f"Training optimizer, adam or sgd (momentum 0.9) (with train:TASK). "
+                   f"{_default('optimizer')}")
+@click.option("--lr", metavar="RATE", help=f"Learning rate (with train:TASK). {_default('lr')}")
+@click.option("--clip", metavar="C",
+              help=f"Clip each network's global gradient norm at C during training; off or 0: no clipping "
+                   f"(with train:TASK). {_default('clip')}")
+@click.option("--train-batch", metavar="B",
+              help=f"Training sequences per step (with train:TASK). {_default('train-batch')}")
 @click.option("--device", type=click.Choice(DEVICES),
               help=f"Where to compute: cpu, cuda (error without a usable GPU) or auto. "
                    f"[default: {DEFAULT_DEVICE}]")

@@ -3,6 +3,7 @@ r"""Figures of a sweep's results folder (PNG and PDF, matplotlib's Agg canvas, n
 Public API
 ----------
 plot_results(out, *, scales=None)   write every figure below into ``out``; returns the paths
+                                    (for a folder of ``rnnsim train``: its learning curves)
 
 Figures
 -------
@@ -33,6 +34,13 @@ Figures
 ``spectrum`` (with the ``lyapunov`` measure)
     The top-k Lyapunov exponents λ_i against i / (state dimension) at the longest T,
     for chosen scales, mean over seeds.
+``trainability_<cell>`` (with the ``train:TASK`` measure)
+    The fraction of seeds that solved the task and the final held-out rate over (T, S),
+    with the gradient map's ±threshold contours, the critical line and T = |ξ|
+    (:mod:`rnnsim.plot.training`).
+``learning_curves`` (a folder of ``rnnsim train``)
+    Held-out rate and loss against the step and the gradient norm at every step, one
+    line per seed, a column per cell (:mod:`rnnsim.plot.training`).
 
 Figures are built on :class:`matplotlib.figure.Figure` with an Agg canvas, so no global
 pyplot state or backend is touched.
@@ -55,6 +63,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from .._io import atomic_write
+from ..sweep import trainrun
 from ..sweep.lock import FolderLock
 from ..sweep.store import (
     MANIFEST,
@@ -64,7 +73,7 @@ from ..sweep.store import (
     read_summary,
     remove_stale_temps,
 )
-from . import figures
+from . import figures, training
 from ._common import CellTheory
 
 _FORMATS = ("png", "pdf")
@@ -133,6 +142,8 @@ def plot_results(out, *, scales=None):
         A sweep (or another plot) is writing ``out``.
     """
     out = Path(out)
+    if trainrun.is_train_folder(out):
+        return _plot_training(out)
     if scales is not None:
         from .._parse import parse_scales
         scales = parse_scales(list(scales) if not isinstance(scales, str) else scales)
@@ -148,8 +159,26 @@ def plot_results(out, *, scales=None):
         files += _save(figures.rates(rows, config, profiles, ths), out, "rates")
         if "lyapunov" in config.measure:
             files += _save(figures.spectrum(rows, config, profiles, ths, scales), out, "spectrum")
+        if config.train_task is not None:
+            for cell in config.cell:
+                figure = training.trainability(rows, config, cell, ths[cell])
+                files += _save(figure, out, f"trainability_{cell}")
         lock.claim()
         remove_stale_temps(out)
         for path, data in files:
             atomic_write(path, lambda fh, data=data: fh.write(data))
+    return [path for path, _ in files]
+
+
+def _plot_training(out: Path):
+    """The learning curves of a folder of ``rnnsim train``: read and validated, drawn, then written
+    atomically, under the folder's lock (as :func:`plot_results`)."""
+    trainrun.read_training(out)  # read-only: refuse a damaged folder before the lock file is touched
+    with FolderLock(out, "plot") as lock:
+        data = trainrun.read_training(out)
+        files = _save(training.learning_curves(data), out, "learning_curves")
+        lock.claim()
+        remove_stale_temps(out)
+        for path, payload in files:
+            atomic_write(path, lambda fh, payload=payload: fh.write(payload))
     return [path for path, _ in files]

@@ -30,6 +30,7 @@ from .._parse import (
 from .._validate import DEVICES, check_choice
 from ..init import SCHEMES
 from ..losses import FUSED_LOSSES
+from . import training
 from .measures import parse_measures
 
 try:
@@ -58,6 +59,11 @@ DEFAULTS = {
     "dtype": "float64",
     "measure": "gradients,mean_field",
     "lyap-k": 1,
+    "steps": 500,
+    "optimizer": "adam",
+    "lr": 0.001,
+    "clip": "off",
+    "train-batch": 32,
 }
 """Defaults of every key that shapes the results (flag names as keys)."""
 
@@ -66,6 +72,12 @@ RUN_KEYS = ("device", "out", "quiet", "scheduler", "workers")
 
 DEFAULT_OUT = "rnnsim-sweep"
 DEFAULT_DEVICE = "cpu"
+
+
+def _name(key, value) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise TypeError(f"{key} must be a name, got {type(value).__name__} {value!r}")
+    return value
 
 
 def _scale_like(key):
@@ -91,7 +103,16 @@ _PARSERS = {
     "dtype": lambda value: check_choice("dtype", value, DTYPES),
     "measure": parse_measures,
     "lyap-k": lambda value: positive_int("lyap-k", value),
+    "steps": lambda value: positive_int("steps", value),
+    "optimizer": lambda value: _name("optimizer", value),
+    "lr": lambda value: finite_float("lr", value, minimum=0.0, strict=True, maximum=MAX_SCALE),
+    "clip": training.parse_clip,
+    "train-batch": lambda value: positive_int("train-batch", value),
 }
+# The optimizer's name is checked against rnnsim.train.OPTIMIZERS only when a train measure is
+# chosen (SweepConfig._check_train), so that a sweep without one never loads the training code.
+TRAIN_KEYS = ("steps", "optimizer", "lr", "clip", "train-batch")
+"""The keys that shape the train:TASK measure only (at their defaults without it)."""
 """Validation of each configuration key: value -> the canonical value, or a one-line error."""
 
 
@@ -144,6 +165,11 @@ class SweepConfig:
     dtype: str
     measure: tuple
     lyap_k: int
+    steps: int
+    optimizer: str
+    lr: float
+    clip: float | None  # None: no clipping ("off" or 0)
+    train_batch: int
 
     @classmethod
     def from_mapping(cls, mapping) -> "SweepConfig":
@@ -162,7 +188,24 @@ class SweepConfig:
         merged = {**DEFAULTS, **{k: v for k, v in mapping.items() if k in DEFAULTS}}
         config = cls(**{key.replace("-", "_"): parse(merged[key]) for key, parse in _PARSERS.items()})
         config._check_lyapunov()
+        config._check_train()
         return config
+
+    @property
+    def train_task(self):
+        """The task of the ``train:TASK`` measure, or None without one."""
+        return training.task_of(self.measure)
+
+    def _check_train(self) -> None:
+        if self.train_task is None:
+            for key in TRAIN_KEYS:
+                value, default = getattr(self, key.replace("-", "_")), _PARSERS[key](DEFAULTS[key])
+                if value != default:
+                    raise ValueError(f"{key} is {value} but no train:TASK measure is chosen; add --measure "
+                                     f"train:{training.tasks()[0]} (or another task)")
+            return
+        check_choice("optimizer", self.optimizer, training.optimizers())
+        training.check_lengths(self.train_task, self.lengths)
 
     def _check_lyapunov(self) -> None:
         if "lyapunov" not in self.measure:

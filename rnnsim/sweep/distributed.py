@@ -60,8 +60,8 @@ import contextlib
 import math
 import os
 
-from .. import cells
 from .. import config as settings
+from .plan import Plan
 
 MISSING = 'the Dask runner needs the distributed extra: pip install "rnnsim[distributed]"'
 
@@ -85,7 +85,11 @@ def require_dask() -> None:
 
 
 def _items_per_network(config) -> int:
-    return math.ceil(config.batch / max(1, min(settings.CPU_SEQUENCE_TILE, config.batch)))
+    """The fewest work items any of the call's engine calls makes per network: the gradient
+    map's batch, and with a train measure also the training batch (the evaluations run
+    more sequences, so more items)."""
+    batches = [config.batch] + ([config.train_batch] if config.train_task is not None else [])
+    return min(math.ceil(b / max(1, min(settings.CPU_SEQUENCE_TILE, b))) for b in batches)
 
 
 def local_halves(config, n: int, threads: int) -> bool:
@@ -100,8 +104,9 @@ def task_threads(config, n: int, wanted: int) -> int:
 
 
 def task_work(config, cell, T, n) -> float:
-    """Estimated work of n networks of (cell, T): cost·T·n·B·H·(H + D)."""
-    return cells.get(cell).cost * T * n * config.batch * config.hidden * (config.hidden + config.input_size)
+    """Estimated work of n networks of (cell, T): cost·T·n·B·H·(H + D), times the training's
+    factor with a train measure (:meth:`rnnsim.sweep.plan.Plan.work`)."""
+    return Plan.work(config, cell, T, n) * config.batch * config.hidden * (config.hidden + config.input_size)
 
 
 def split_calls(config, calls, device, slots, threads):

@@ -30,6 +30,10 @@ always on, the others only when asked):
 ``pascanu``
     σ_max(W_hh) of every network, and the Pascanu, Mikolov & Bengio (2013) bound
     σ_max·γ where the cell has one (:attr:`rnnsim.cells.Cell.pascanu_gamma`).
+``train:TASK``
+    Every network trained on TASK (:mod:`rnnsim.sweep.training`): final loss and success
+    rate, solved or not, steps to success, divergence, clipping; learning curves go
+    into the profile file. At most one task per sweep.
 
 ``summary.csv`` has the columns :func:`columns`: the point's key
 (:data:`KEY_COLUMNS`), then each chosen measure's columns in the order of
@@ -45,7 +49,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import cells
-from . import bootstrap
+from . import bootstrap, training
 from .rates import MEAN_RATE_STEPS, REGIMES, fit_rate, rate_grid, rate_window, regime_of  # noqa: F401
 
 _LN10 = math.log(10.0)
@@ -333,9 +337,20 @@ PASCANU = Measure(
 )
 
 
+# --------------------------------------------------------------------------- training
+
+TRAIN = Measure(
+    name="train",  # chosen as "train:TASK"; the computation and the columns are in sweep/training.py
+    columns=tuple(Column(*c) for c in training.COLUMNS),
+    needs=("train",),
+    evaluate=lambda call, _prepared: Output(*training.evaluate(call)),
+    arrays=tuple(Array(*a) for a in training.ARRAYS),
+)
+
+
 # --------------------------------------------------------------------------- registry and columns
 
-MEASURES = {m.name: m for m in (GRADIENTS, MEAN_FIELD, RATES, LYAPUNOV, PASCANU)}
+MEASURES = {m.name: m for m in (GRADIENTS, MEAN_FIELD, RATES, LYAPUNOV, PASCANU, TRAIN)}
 """Every measure, in summary order."""
 
 DEFAULT_MEASURES = tuple(name for name, m in MEASURES.items() if m.always)
@@ -352,6 +367,8 @@ PROFILE_COLUMN = Column("profile_file", str, "the .npz that holds this row's per
 
 
 def get(name: str) -> Measure:
+    if name.startswith(training.PREFIX):  # "train:TASK", checked by parse_measures
+        return MEASURES["train"]
     if name not in MEASURES:
         raise ValueError(f"unknown measure {name!r}; expected one of {', '.join(MEASURES)}")
     return MEASURES[name]
@@ -359,7 +376,8 @@ def get(name: str) -> Measure:
 
 def parse_measures(value, name: str = "measure") -> tuple:
     """Measure names from ``"gradients,lyapunov"`` or a list, in :data:`MEASURES` order, the
-    always-on ones (gradients, mean_field) included whether named or not."""
+    always-on ones (gradients, mean_field) included whether named or not; the train measure
+    as ``"train:TASK"`` (at most one task)."""
     if isinstance(value, str):
         items = [p.strip() for p in value.split(",")]
     elif isinstance(value, (list, tuple)) and value and all(isinstance(v, str) for v in value):
@@ -368,12 +386,20 @@ def parse_measures(value, name: str = "measure") -> tuple:
         raise TypeError(f"{name}: expected a comma list such as 'gradients,lyapunov', got {value!r}")
     if not all(items):
         raise ValueError(f"{name}: malformed list {value!r}; expected names separated by commas")
+    known = [n for n in MEASURES if n != "train"] + ["train:TASK"]
     for item in items:
-        if item not in MEASURES:
-            raise ValueError(f"{name}: unknown measure {item!r}; expected some of {', '.join(MEASURES)}")
+        if item == "train" or item.startswith(training.PREFIX):
+            training.parse_task(item, name)
+        elif item not in MEASURES:
+            raise ValueError(f"{name}: unknown measure {item!r}; expected some of {', '.join(known)}")
     if len(set(items)) != len(items):
         raise ValueError(f"{name}: a measure appears twice in {value!r}")
-    return tuple(n for n, m in MEASURES.items() if m.always or n in items)
+    tasks = [item for item in items if item.startswith(training.PREFIX)]
+    if len(tasks) > 1:
+        raise ValueError(f"{name}: at most one train:TASK per sweep (one task per results folder), "
+                         f"got {', '.join(tasks)}")
+    return tuple(tasks[0] if n == "train" else n for n, m in MEASURES.items()
+                 if m.always or n in items or (n == "train" and tasks))
 
 
 def chosen(names=DEFAULT_MEASURES) -> tuple:

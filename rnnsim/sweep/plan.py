@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import _memory, cells
 from .. import config as settings
-from . import measures
+from . import measures, training
 
 CALL_MEMORY_BYTES = 1 << 30
 """Host memory one ensemble call should use; larger (cell, T) groups are split into several calls."""
@@ -57,6 +57,8 @@ def call_bytes(config, cell: str, T: int, networks: int, *, workers: int) -> int
         n, k = len(spec.state) * H, config.lyap_k
         derived += (8 * E * B * (4 * k * n + T) + 8 * n * n           # what rnnsim.lyapunov checks for
                     + E * _memory.params_bytes(spec.G, 1, H, D, K, 8) + E * B * T * D * 8)  # float64 copies
+    if config.train_task is not None:  # runs after the gradients too, beside their results
+        derived += training.call_bytes(config, cell, T, E, workers=workers, tile=tile)
     return engine + stacked + drawing + data + derived
 
 
@@ -72,6 +74,14 @@ class Plan:
     networks_per_call: dict  # (cell, T) -> E
     keep_networks: dict      # cell -> whether its networks are kept from one T to the next
     keep_data: dict          # T -> whether every seed's data of that T is kept across its calls
+
+    @staticmethod
+    def work(config, cell: str, T: int, networks: int) -> float:
+        """Estimated work of one call, for the progress bar: the cell's cost per step × T × networks,
+        times (1 + the training's work per network, :func:`rnnsim.sweep.training.work_per_network`)
+        with a train measure."""
+        factor = 1.0 + (training.work_per_network(config) if config.train_task is not None else 0.0)
+        return cells.get(cell).cost * T * networks * factor
 
     def calls(self, config, done) -> list:
         """[(cell, T, [(scale, seed), ...]), ...] for the points not in ``done``, in run order."""

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import cells
 from ..engine import gradients, lyapunov, resolve_device
 from ..init import init_params
-from . import measures, store
+from . import measures, store, training
 from .config import SweepConfig, configure
 from .plan import plan_sweep
 from .provenance import now, provenance
@@ -57,7 +56,7 @@ def _compute_sigma_max(config, cell, T, points, device, networks, data):
 
 
 COMPUTATIONS = {"gradients": _compute_gradients, "lyapunov": _compute_lyapunov,
-                "sigma_max": _compute_sigma_max}
+                "sigma_max": _compute_sigma_max, "train": training.compute}
 """What measures may need computed, by name: (config, cell, T, points, device, networks, data) -> result."""
 
 
@@ -276,8 +275,7 @@ def _run(config, out, device, plan, calls, done, old_manifest, progress, wall_st
     }
     store.write_json(out / store.MANIFEST, manifest)
 
-    cost = {c: cells.get(c).cost for c in config.cell}
-    total = sum(cost[c] * T * len(p) for c, T, p in calls)
+    total = sum(plan.work(config, c, T, len(p)) for c, T, p in calls)
     if progress is not None:
         progress(0, total, "")
     grid = {(scale, seed) for scale in config.scales for seed in range(config.seeds)}
@@ -313,7 +311,8 @@ def _run(config, out, device, plan, calls, done, old_manifest, progress, wall_st
         store.atomic_write(out / store.SUMMARY, lambda fh: fh.write(store.summary_bytes(ordered, names)))
         computed += sum(len(points) for _, _, points, _, _ in batch)
         if progress is not None:
-            progress(sum(cost[cell] * T * len(points) for cell, T, points, _, _ in batch), total, label)
+            progress(sum(plan.work(config, cell, T, len(points)) for cell, T, points, _, _ in batch), total,
+                     label)
 
     if not calls and not (out / store.SUMMARY).is_file():
         store.atomic_write(out / store.SUMMARY, lambda fh: fh.write(store.summary_bytes([], names)))
