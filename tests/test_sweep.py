@@ -123,11 +123,12 @@ def test_summary_columns_come_from_the_measures_in_the_old_order():
     assert sweep.MEASURES["gradients"].needs == ("gradients",) and sweep.MEASURES["mean_field"].needs == ()
     assert set(sweep.COMPUTATIONS) >= {n for m in sweep.MEASURES.values() for n in m.needs}
     # The optional measures add their columns after the default ones, in registry order.
-    every = sweep.measures.column_names(sweep.measures.parse_measures("pascanu,lyapunov,rates"))
+    every = sweep.measures.column_names(sweep.measures.parse_measures("pascanu,train:adding,lyapunov,rates"))
     assert every[:16] == sweep.SUMMARY_COLUMNS[:-1] and every[-1] == "profile_file"
     assert every[16:-1] == ("rate_lo", "rate_hi", "rate_mean", "rate_mean_lo", "rate_mean_hi",
                             "log10_ratio_lo", "log10_ratio_hi", "lyap_max", "lyap_max_lo", "lyap_max_hi",
-                            "lyap_k", "sigma_max", "pascanu_bound")
+                            "lyap_k", "sigma_max", "pascanu_bound",
+                            *(column[0] for column in sweep.training.COLUMNS))
     assert set(sweep.COLUMN_MEANINGS) == set(every)
 
 

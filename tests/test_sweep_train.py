@@ -153,3 +153,23 @@ def test_a_training_that_cannot_fit_is_refused_before_writing(tmp_path):
     with pytest.raises(ValueError, match="needs about .* of memory"):
         sweep.run_sweep({**CONFIG, "train-batch": 10**7}, out)
     assert not out.exists()
+
+
+def test_a_sweep_never_overwrites_a_train_folder(tmp_path):
+    """rnnsim sweep --overwrite on a folder of rnnsim train is refused and leaves it as it was."""
+    from click.testing import CliRunner
+
+    from rnnsim.cli import main
+
+    out = tmp_path / "trained"
+    runner = CliRunner()
+    made = runner.invoke(main, ["train", "--task", "copy-first", "--cell", "rnn", "--hidden", "4", "--length",
+                                "3", "--scale", "1", "--steps", "2", "--batch", "2", "--seeds", "1",
+                                "--out", str(out)])
+    assert made.exit_code == 0, made.output
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    result = runner.invoke(main, ["sweep", "--cell", "rnn", "--hidden", "3", "--lengths", "3", "--scales",
+                                  "1", "--seeds", "1", "--batch", "1", "--out", str(out), "--overwrite",
+                                  "--quiet"])
+    assert result.exit_code == 2 and "holds training results, not a sweep" in result.output
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

@@ -38,7 +38,7 @@ SUMMARY = "summary.csv"
 PROFILES_DIR = "profiles"
 MARKER = ".rnnsim"
 FIGURE_PATTERNS = ("phase_*.png", "phase_*.pdf", "profiles.png", "profiles.pdf", "rates.png", "rates.pdf",
-                   "spectrum.png", "spectrum.pdf")
+                   "spectrum.png", "spectrum.pdf", "trainability_*.png", "trainability_*.pdf")
 MANIFEST_FORMAT = 1
 SUMMARY_COLUMNS = measures.SUMMARY_COLUMNS
 _KINDS = {c.name: c.kind for c in measures.ALL_COLUMNS}
@@ -261,6 +261,9 @@ def check_folder(out, config: SweepConfig, *, resume=False, overwrite=False) -> 
     if not out.is_dir():
         return found
     ours = (out / MARKER).is_file() or (out / MANIFEST).is_file()
+    contents = _marker_contents(out)
+    if contents not in (None, "sweep results"):  # another command's folder (rnnsim train)
+        raise FileExistsError(f"{out} holds {contents}, not a sweep; choose another --out")
     if not ours and not all(_is_transient(e) for e in out.iterdir()):
         raise FileExistsError(f"{out} is not empty and holds no {MANIFEST}; "
                               "it is not an rnnsim results folder, choose another --out")
@@ -291,6 +294,14 @@ def check_folder(out, config: SweepConfig, *, resume=False, overwrite=False) -> 
             found["done"][(row["cell"], row["T"], row["scale"], row["seed"])] = row
     found["manifest"] = manifest
     return found
+
+
+def _marker_contents(out: Path):
+    """What the folder's marker says it holds ("sweep results", "training results"), or None."""
+    try:
+        return json.loads((out / MARKER).read_bytes()).get("contents")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _owned_files(out: Path):
