@@ -74,6 +74,9 @@ def gradients(cell, params, inputs, targets, *, loss="last", mask=None, clip=Non
           (clipped when ``clip`` is given); entries beyond the dtype's range are
           ±inf, never NaN;
         - ``loss`` (E,);
+        - ``h_last`` (E, B, H): the final hidden state h_T of every sequence (the
+          readout of the last step is ``h_last @ weight_out.T + bias_out``: accuracy
+          needs no second forward pass);
         - ``log_grad_norm`` (E, B, T+1) float64: ln‖dL_e/dh_t‖ per sequence, t = 0..T;
         - ``log_grad_norm_c`` (E, B, T+1) float64, lstm only: ln‖dL_e/dc_t‖, the total
           derivative through c_{t+1} and h_t;

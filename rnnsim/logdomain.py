@@ -204,6 +204,7 @@ def assemble(problem, raw, clip=None):
     mantissas = tie_biases(problem.cell, dict(raw["mantissas"]))
     out = finalize(mantissas, raw["log_scale"], {key: raw[key] for key in OUTPUT_KEYS}, problem.dtype, clip)
     out["loss"] = np.asarray(raw["loss"], dtype=problem.dtype)
+    out["h_last"] = np.asarray(raw["h_last"], dtype=problem.dtype)
     for key in cells.get(problem.cell).profile_keys().values():
         out[key] = np.asarray(raw[key], dtype=np.float64)
     return out

@@ -75,8 +75,8 @@ def raw_gradients(problem, params, inputs, targets, mask=None, *, adjoints=None)
     ``exp(log_scale)``; ``bias_hh_l0`` may be left to ``logdomain.tie_biases``),
     ``log_scale`` (E,), ``weight_out``, ``bias_out``, ``loss`` (E,) and one
     (E, B, T+1) log-norm profile per state component (``log_grad_norm`` for h,
-    ``log_grad_norm_c`` for the lstm's c; see ``Cell.profile_keys``). Every kernel
-    backend returns the same dict.
+    ``log_grad_norm_c`` for the lstm's c; see ``Cell.profile_keys``), and ``h_last``
+    (E, B, H), the final hidden states h_T. Every kernel backend returns the same dict.
 
     With ``adjoints`` (E, B, T+1, H), the per-step dL/dh_t of a loss computed outside
     (:func:`rnnsim.losses.readout_loss`), those are injected into the backward instead
@@ -122,7 +122,7 @@ def raw_gradients(problem, params, inputs, targets, mask=None, *, adjoints=None)
         "bias_ih_l0": rel["ih"].sum(axis=(1, 2)),
         "bias_hh_l0": rel["hh"].sum(axis=(1, 2)),
     }
-    raw = {"mantissas": mantissas, "log_scale": s_star}
+    raw = {"mantissas": mantissas, "log_scale": s_star, "h_last": h[:, :, T]}
     if out is not None:
         raw.update(loss=out["loss"], weight_out=out["weight_out"], bias_out=out["bias_out"])
     for name, key in spec.profile_keys().items():

@@ -13,8 +13,9 @@ import pytest
 import rnnsim
 from rnnsim import cells, losses, reference
 from rnnsim.cells import PARAM_KEYS
+from rnnsim.losses import target_shape
 
-from helpers import assert_close, assert_outputs_close, make_mask, make_problem
+from helpers import RTOL, assert_close, assert_outputs_close, make_mask, make_problem
 
 NEW_LOSSES = [loss for loss in losses.LOSSES if loss not in losses.FUSED_LOSSES]
 SHAPES = [(2, 3, 5, 2, 4, 3), (1, 1, 1, 1, 1, 2), (3, 2, 6, 3, 1, 4)]  # E, B, T, D, H, K
@@ -283,3 +284,20 @@ def test_memory_counts_the_injected_adjoints(monkeypatch):
         rnnsim.gradients("rnn", params, x, y, loss="every")
     with pytest.raises(ValueError, match="needs about"):
         rnnsim.gradients("rnn", params, x, y, loss="masked", mask=np.ones(T, bool))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("loss", ["last", "every", "mse-last"])
+@pytest.mark.parametrize("cell", cells.names())
+def test_h_last_is_the_forward_pass_final_state(cell, loss, dtype):
+    """``h_last`` comes from the gradients call's own forward: the same numbers as rnnsim.forward."""
+    E, B, T, D, H, K = 2, 3, 5, 3, 4, 3
+    params, x, _ = make_problem(cell, E, B, T, D, H, K, dtype=dtype, seed=5)
+    rng = np.random.default_rng(0)
+    y = (rng.standard_normal(target_shape(loss, E, B, T, K)).astype(dtype) if loss.startswith("mse")
+         else rng.integers(0, K, size=target_shape(loss, E, B, T)))
+    out = rnnsim.gradients(cell, params, x, y, loss=loss)
+    assert out["h_last"].dtype == dtype
+    np.testing.assert_array_equal(out["h_last"], rnnsim.forward(cell, params, x)["h"][:, :, -1])
+    assert_close(out["h_last"], reference.gradients(cell, params, x, y, loss=loss)["h_last"],
+                 RTOL[np.dtype(dtype)], name="h_last")

@@ -91,7 +91,8 @@ def output_layer(h_rows, w_out, b_out, targets, inv_count, dlogits, local):
 
 
 @jit
-def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count, part_out, part_bout):
+def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count, part_out, part_bout,
+                  h_last):
     """The readout of one work item: its loss terms and the adjoints they inject
     (:func:`rnnsim.losses.readout_loss` for one network and a tile of sequences).
 
@@ -108,6 +109,7 @@ def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count
     w_out, b_out : (K, H), (K,) network e's readout
     inv_count : 1/B (loss "last") or 1/(B*T) (loss "every")
     part_out, part_bout : out, (K, H), (K,) the item's readout gradients
+    h_last : out, (E, B, H): the item's final hidden states h_T go to ``h_last[e, b0:b0+nb]``
 
     Returns
     -------
@@ -119,6 +121,8 @@ def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count
     T1, nb, H = hs.shape
     T = T1 - 1
     K = w_out.shape[0]
+    for b in range(nb):
+        h_last[e, b0 + b] = hs[T, b]
     if given.shape[0] > 0:
         local = np.empty((T + 1, nb, H), hs.dtype)
         for b in range(nb):

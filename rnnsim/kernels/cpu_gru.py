@@ -141,7 +141,7 @@ def gru_backward(gates, u_rows, hs, w_hh, local, local_log, mant_h, scale, da_sc
 @jit
 def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh, b_ih, b_hh, w_out,
                    b_out, item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_bih, part_bhh,
-                   part_scale, part_out, part_bout, part_loss, profiles):
+                   part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss's per-step adjoints
     ``given`` injected when it has a nonzero first axis, see
     :func:`~rnnsim.kernels.cpu_common.loss_adjoints`); writes only its own slots
@@ -159,7 +159,8 @@ def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_h
     gru_forward(x, w_ih_t[e], w_hh_t[e], b_ih[e], b_hh[e], gate_rows, u_rows, hs)
     inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
-        loss_every, targets, given, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item])
+        loss_every, targets, given, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item],
+        h_last)
     da_scale = np.empty((T, nb))
     gru_backward(gate_rows, u_rows, hs, w_hh[e], local, local_log, mant_h, scale, da_scale,
                  profiles[0, e, b0:b1])

@@ -316,6 +316,8 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
         result["bias_hh_l0"][:, hh_rows] = hh_host[:, :, H]
     for state, key in cell.profile_keys().items():
         result[key] = profiles[state].copy_to_host()
+    # h_T of every sequence: a strided slice of the states, so the whole copy comes back once
+    result["h_last"] = acts["h"].copy_to_host()[:, :, T]
     return result
 
 
@@ -360,7 +362,8 @@ def gradients(problem, params, inputs, targets, adjoints=None):
     parts = [_chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads, limits, adjoints)
              for nets in _chunks(problem.E, size)]
     joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    plain = ("weight_out", "bias_out", "log_scale", "loss", *cells.get(problem.cell).profile_keys().values())
+    plain = ("weight_out", "bias_out", "log_scale", "loss", "h_last",
+             *cells.get(problem.cell).profile_keys().values())
     raw = {k: joined.pop(k) for k in plain if k in joined}
     raw["mantissas"] = joined
     return raw

@@ -59,11 +59,15 @@ def _seeds(seed, E):
     return seeds
 
 
-def _outputs(cell, params, inputs, device):
+def _readout(params, h_last):
     """The readout z_T = W_out h_T + b_out of every network, (E, B, K) float64."""
-    h_last = forward(cell, params, inputs, device=device)["h"][:, :, -1].astype(np.float64)
-    return (np.einsum("ebh,ekh->ebk", h_last, params["weight_out"].astype(np.float64))
+    return (np.einsum("ebh,ekh->ebk", h_last.astype(np.float64), params["weight_out"].astype(np.float64))
             + params["bias_out"].astype(np.float64)[:, None, :])
+
+
+def _outputs(cell, params, inputs, device):
+    """z_T from a forward pass (the evaluations, which need no gradients)."""
+    return _readout(params, forward(cell, params, inputs, device=device)["h"][:, :, -1])
 
 
 def _finite_rows(params, E):
@@ -150,7 +154,7 @@ def train(cell, params, task, *, length, steps, batch=32, optimizer="adam", lr=1
         x, y = tasks.make_ensemble_batch(task, seeds, batch, T, step=step, dtype=dtype)
         result = gradients(cell, current, x, y, loss=dims.loss, clip=clip, device=device)
         loss = np.asarray(result["loss"], dtype=np.float64)
-        _, solved = tasks.score(task, _outputs(cell, current, x, device), y)
+        _, solved = tasks.score(task, _readout(current, result["h_last"]), y)  # the step's own forward
         norm = result["log_grad_norm_params"]
         skipped = alive & ~np.isfinite(norm) if clip is not None else np.zeros(E, dtype=bool)
         alive &= np.isfinite(loss)  # a non-finite loss: the forward already left the range
