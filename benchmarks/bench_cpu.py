@@ -1,26 +1,33 @@
 """CPU benchmark: forward + BPTT for an ensemble, against baselines timed in the same run.
 
-Workload (issue 2): E=16 networks x B=16 sequences, H=64, D=8, T=256, K=4, loss "last",
-float64 and float32, every registered cell (rnn, lstm, gru). Baselines:
+Benchmark shape (issue 2): E=16 networks x B=16 sequences, H=64, D=8, T=256, K=4, loss
+"last", float64 and float32. ``--shapes issue14`` adds the scaling shapes of issue 14
+(one small network, a large H, many networks, a long T). Baselines, all with the same
+distinct weights per network:
 
-- the NumPy float64 reference (``rnnsim.reference``);
-- torch CPU autograd with the same distinct weights per network: a ``torch.bmm``
-  loop over time, then ``backward()`` (when torch is installed); timed twice, as a
-  user writes it and with ``torch.set_flush_denormal(True)``: at this init the
-  float32 adjoints underflow into denormal numbers, which the CPU handles ~100x
-  slower, and flushing them to zero is what an expert would add.
+- the NumPy float64 reference (``rnnsim.reference``; benchmark shape only, not ``--quick``);
+- torch CPU autograd: a ``torch.bmm`` loop over time, then ``backward()`` (when torch is
+  installed), at 1 and at numba's thread count, the faster kept; timed twice, as a user
+  writes it and with ``torch.set_flush_denormal(True)`` ("ftz"): at this init the float32
+  adjoints underflow into denormal numbers, which Intel CPUs handle ~100x slower (AMD Zen
+  CPUs do not), and flushing them is what an expert would add;
+- JAX (optional, ``pip install "rnnsim[bench]"``): ``jit(vmap(value_and_grad(loss)))``
+  over a ``lax.scan``, float64 through ``jax_enable_x64``. Its loss and gradients are
+  checked against rnnsim once per (shape, cell, dtype) (column "jax err": the largest
+  ``max|g_jax - g| / max|g|`` over the parameters; a mismatch is flagged).
 
-It also measures the machine's GEMM rate (numpy matmul of 2048^2 matrices) and
-prints rnnsim's rate as a share of it. FLOPs counted per (network, sequence, step):
-forward 2GH(D+H), backward 2GH·H (dL/dh) + 2GH·H (dW_hh) + 2GH·D (dW_ih), i.e.
-6GH·H + 4GH·D with G the cell's gate blocks (1 rnn, 4 lstm, 3 gru); element-wise work is
-not counted (the gru's second recurrent-side product for its n block adds 2H·H per step).
+It also measures the machine's GEMM rate (numpy matmul of 2048^2 matrices) and prints
+rnnsim's rate as a share of it. FLOPs counted per (network, sequence, step): forward
+2GH(D+H), backward 2GH·H (dL/dh) + 2GH·H (dW_hh) + 2GH·D (dW_ih), i.e. 6GH·H + 4GH·D
+with G the cell's gate blocks (1 rnn, 4 lstm, 3 gru); element-wise work is not counted.
 
 Usage::
 
-    python benchmarks/bench_cpu.py [--repeats 15] [--quick]
+    python benchmarks/bench_cpu.py [--repeats 15] [--quick] [--shapes benchmark|issue14]
+                                   [--cells rnn,lstm,gru] [--dtypes float64,float32]
 
-Times are medians (the machine is shared and noisy). Not a test.
+Times are medians (the machine may be shared and noisy); large shapes run fewer repeats
+(``--budget`` seconds per measurement, at least 3). Not a test.
 """
 from __future__ import annotations
 
@@ -35,12 +42,23 @@ import rnnsim
 from rnnsim import cells, reference
 from rnnsim._machine import cpu_model
 
-E, B, H, D, T, K = 16, 16, 64, 8, 256, 4
+D, K = 8, 4
+BENCHMARK = (16, 16, 64, 256)  # E, B, H, T
+SHAPES = {
+    "benchmark": [BENCHMARK],
+    "issue14": [BENCHMARK, (1, 4, 64, 256), (4, 16, 1024, 256), (256, 4, 64, 256), (4, 16, 64, 10000)],
+}
 
 
-def median_time(fn, repeats, warmup=1):
+def median_time(fn, repeats, budget=None, warmup=1):
+    """Median of ``repeats`` timed calls after ``warmup`` calls; with ``budget`` (s), fewer
+    repeats (at least 3) when one call is long."""
+    start = time.perf_counter()
     for _ in range(warmup):
         fn()
+    if budget is not None and warmup:
+        one = (time.perf_counter() - start) / warmup
+        repeats = max(3, min(repeats, int(budget / max(one, 1e-9))))
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -56,7 +74,8 @@ def gemm_rate(dtype, n=2048, repeats=7):
     return 2 * n ** 3 / seconds
 
 
-def flops(cell):
+def flops(cell, shape):
+    E, B, H, T = shape
     G = cells.get(cell).G
     return E * B * T * (6 * G * H * H + 4 * G * H * D)
 
@@ -65,6 +84,8 @@ def torch_bmm_baseline(cell, params, x, y):
     """What a PyTorch user would write for distinct weights per network."""
     import torch
 
+    E, B, T, _ = x.shape
+    H = params["weight_hh_l0"].shape[2]
     dtype = torch.float64 if x.dtype == np.float64 else torch.float32
     p = {k: torch.tensor(v, dtype=dtype, requires_grad=True) for k, v in params.items()}
     xs = torch.from_numpy(x)  # (E, B, T, D)
@@ -102,6 +123,60 @@ def torch_bmm_baseline(cell, params, x, y):
     return run
 
 
+def jax_baseline(cell, params, x, y):
+    """``jit(vmap(value_and_grad(loss)))`` over a ``lax.scan``: one network's loss "last"
+    (mean cross-entropy of its B sequences at t = T), mapped over the E networks.
+    Returns (run, check): ``run()`` computes and blocks; ``check()`` gives (loss, grads)."""
+    import jax
+    import jax.numpy as jnp
+
+    H = params["weight_hh_l0"].shape[2]
+
+    def step(p, carry, x_t):
+        h, c = carry
+        a = x_t @ p["weight_ih_l0"].T + p["bias_ih_l0"]
+        if cell == "gru":
+            hs = h @ p["weight_hh_l0"].T + p["bias_hh_l0"]
+            x_r, x_z, x_n = jnp.split(a, 3, axis=-1)
+            h_r, h_z, h_n = jnp.split(hs, 3, axis=-1)
+            r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+            return ((1 - z) * jnp.tanh(x_n + r * h_n) + z * h, c), None
+        a = a + h @ p["weight_hh_l0"].T + p["bias_hh_l0"]
+        if cell == "rnn":
+            return (jnp.tanh(a), c), None
+        i, f, g, o = jnp.split(a, 4, axis=-1)
+        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+        return (jax.nn.sigmoid(o) * jnp.tanh(c), c), None
+
+    def loss(p, xe, ye):  # xe (B, T, D), ye (B,)
+        zero = jnp.zeros((xe.shape[0], H), xe.dtype)
+        (h, _), _ = jax.lax.scan(lambda carry, x_t: step(p, carry, x_t), (zero, zero), jnp.swapaxes(xe, 0, 1))
+        logits = h @ p["weight_out"].T + p["bias_out"]
+        ce = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, ye[:, None], axis=-1)[:, 0]
+        return ce.mean()
+
+    fn = jax.jit(jax.vmap(jax.value_and_grad(loss)))
+    pj = {k: jnp.asarray(v) for k, v in params.items()}
+    xj, yj = jnp.asarray(x), jnp.asarray(y)
+
+    def run():
+        jax.block_until_ready(fn(pj, xj, yj))
+
+    def check():
+        value, grads = fn(pj, xj, yj)
+        return np.asarray(value), {k: np.asarray(v) for k, v in grads.items()}
+    return run, check
+
+
+def jax_error(check, ours):
+    """Largest relative deviation of JAX's loss and gradients from rnnsim's."""
+    value, grads = check()
+    worst = float(np.max(np.abs(value - ours["loss"])) / max(np.max(np.abs(ours["loss"])), 1e-300))
+    for key, g in grads.items():
+        worst = max(worst, float(np.max(np.abs(g - ours[key])) / max(np.max(np.abs(ours[key])), 1e-300)))
+    return worst
+
+
 def machine():
     import numba
     return (f"{cpu_model()}, {os.cpu_count()} cores, numba {numba.__version__} "
@@ -109,60 +184,120 @@ def machine():
             f"Python {platform.python_version()}")
 
 
+def optional_baselines():
+    """torch and jax modules, or None where not installed."""
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    try:
+        import jax
+        jax.config.update("jax_enable_x64", True)  # float64 arrays stay float64
+    except ImportError:
+        jax = None
+    return torch, jax
+
+
+def best_torch(torch, run, args):
+    """The faster of torch's medians over ``--torch-threads``: on a shared machine torch's
+    OpenMP threads spin-wait for a core that another process holds (seen: 100x slower with
+    2 threads than with 1 while a sibling process kept one core busy)."""
+    default = torch.get_num_threads()
+    try:
+        times = []
+        for threads in args.torch_threads:
+            torch.set_num_threads(threads)
+            times.append(median_time(run, args.repeats, args.budget))
+        return min(times)
+    finally:
+        torch.set_num_threads(default)
+
+
+def time_shape(shape, cell, dtype, args, torch, jax):
+    E, B, H, T = shape
+    params = rnnsim.init_params(cell, H, D, K, E, seed=0, dtype=dtype)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((E, B, T, D)).astype(dtype)
+    y = rng.integers(0, K, size=(E, B))
+    row = {"shape": shape, "dtype": np.dtype(dtype).name, "cell": cell}
+    row["rnnsim"] = median_time(lambda: rnnsim.gradients(cell, params, x, y), args.repeats, args.budget)
+    row["ref"] = None
+    if shape == BENCHMARK and not args.quick:
+        row["ref"] = median_time(lambda: reference.gradients(cell, params, x, y), 3, args.budget)
+    row["torch"] = row["ftz"] = row["jax"] = row["jax_err"] = None
+    if torch:
+        row["torch"] = best_torch(torch, torch_bmm_baseline(cell, params, x, y), args)
+        if not args.no_ftz:
+            torch.set_flush_denormal(True)
+            try:
+                row["ftz"] = best_torch(torch, torch_bmm_baseline(cell, params, x, y), args)
+            finally:
+                torch.set_flush_denormal(False)
+    if jax:
+        run, check = jax_baseline(cell, params, x, y)
+        row["jax"] = median_time(run, args.repeats, args.budget)
+        row["jax_err"] = jax_error(check, rnnsim.gradients(cell, params, x, y))
+    return row
+
+
+def print_table(rows, peaks):
+    def ms(seconds):
+        return f"{seconds * 1e3:.1f} ms" if seconds is not None else "-"
+
+    def ratio(row, key):
+        return f"{row[key] / row['rnnsim']:.2f}" if row[key] is not None else "-"
+
+    print("| shape | cell | dtype | rnnsim | NumPy ref / rnnsim | torch / rnnsim | torch ftz / rnnsim "
+          "| JAX / rnnsim | GFLOP/s | % GEMM | JAX err |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        E, B, H, T = row["shape"]
+        rate = flops(row["cell"], row["shape"]) / row["rnnsim"]
+        err = row["jax_err"]
+        tol = 1e-8 if row["dtype"] == "float64" else 1e-3
+        err_text = "-" if err is None else f"{err:.0e}" + ("" if err <= tol else " MISMATCH")
+        print(f"| E={E} B={B} H={H} T={T} | {row['cell']} | {row['dtype']} | {ms(row['rnnsim'])} "
+              f"| {ratio(row, 'ref')} | {ratio(row, 'torch')} | {ratio(row, 'ftz')} | {ratio(row, 'jax')} "
+              f"| {rate / 1e9:.1f} | {100 * rate / peaks[row['dtype']]:.0f}% | {err_text} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--quick", action="store_true", help="fewer repeats, skip the NumPy reference")
+    parser.add_argument("--budget", type=float, default=10.0, help="seconds per measurement (>= 3 repeats)")
+    parser.add_argument("--quick", action="store_true", help="5 repeats, skip the NumPy reference")
+    parser.add_argument("--shapes", default="benchmark", choices=sorted(SHAPES))
     parser.add_argument("--cells", default=",".join(cells.names()), help="comma list of cells to time")
+    parser.add_argument("--dtypes", default="float64,float32")
+    parser.add_argument("--no-ftz", action="store_true", help="skip the torch flush-denormal timing")
+    parser.add_argument("--torch-threads", default=None,
+                        help="comma list of torch thread counts; torch's time is the fastest (default: 1 and "
+                             "numba's thread count)")
     args = parser.parse_args()
-    repeats = 5 if args.quick else args.repeats
-    try:
-        import torch
-        torch_version = torch.__version__
-    except ImportError:
-        torch = None
-        torch_version = None
-
-    torch_note = f", torch {torch_version} ({torch.get_num_threads()} threads)" if torch else ""
-    print(f"machine: {machine()}{torch_note}")
-    print(f"workload: E={E} x B={B}, H={H}, D={D}, T={T}, K={K}, loss=last, forward + BPTT; medians")
+    import numba
+    args.torch_threads = ([int(v) for v in args.torch_threads.split(",")] if args.torch_threads
+                          else sorted({1, numba.get_num_threads()}))
+    if args.quick:
+        args.repeats = min(args.repeats, 5)
+    torch, jax = optional_baselines()
+    notes = [f"torch {torch.__version__} (best of {args.torch_threads} threads)" if torch else "no torch",
+             f"jax {jax.__version__}" if jax else "no jax (pip install 'rnnsim[bench]')"]
+    print(f"machine: {machine()}, {', '.join(notes)}")
+    print(f"D={D}, K={K}, loss=last, forward + BPTT; medians; ratios above 1: rnnsim faster")
+    dtypes = [np.dtype(name).type for name in args.dtypes.split(",")]
+    peaks = {np.dtype(dtype).name: gemm_rate(dtype) for dtype in dtypes}
     rows = []
-    for dtype in (np.float64, np.float32):
-        peak = gemm_rate(dtype)
-        for cell in args.cells.split(","):
-            params = rnnsim.init_params(cell, H, D, K, E, seed=0, dtype=dtype)
-            rng = np.random.default_rng(1)
-            x = rng.standard_normal((E, B, T, D)).astype(dtype)
-            y = rng.integers(0, K, size=(E, B))
-            ours = median_time(lambda: rnnsim.gradients(cell, params, x, y), repeats)
-            ref = None if args.quick else median_time(lambda: reference.gradients(cell, params, x, y),
-                                                      max(3, repeats // 5))
-            tb = tbf = None
-            if torch:
-                tb = median_time(torch_bmm_baseline(cell, params, x, y), repeats)
-                torch.set_flush_denormal(True)
-                try:
-                    tbf = median_time(torch_bmm_baseline(cell, params, x, y), repeats)
-                finally:
-                    torch.set_flush_denormal(False)
-            rate = flops(cell) / ours
-            rows.append((np.dtype(dtype).name, cell, ours, ref, tb, tbf, rate, peak))
-
+    for shape in SHAPES[args.shapes]:
+        for dtype in dtypes:
+            for cell in args.cells.split(","):
+                rows.append(time_shape(shape, cell, dtype, args, torch, jax))
+                print(f"  timed {rows[-1]['shape']} {cell} {rows[-1]['dtype']}: "
+                      f"{rows[-1]['rnnsim'] * 1e3:.1f} ms", flush=True)
     print()
-    print(f"{'dtype':8} {'cell':5} {'rnnsim':>10} {'numpy ref':>10} {'torch bmm':>10} {'torch ftz':>10} "
-          f"{'vs ref':>8} {'vs torch':>9} {'vs ftz':>8} {'GFLOP/s':>8} {'% GEMM':>7}")
-    def fmt(seconds):
-        return f"{seconds * 1e3:8.1f}ms" if seconds is not None else f"{'-':>10}"
-
-    for name, cell, ours, ref, tb, tbf, rate, peak in rows:
-        def ratio(seconds):
-            return f"{seconds / ours:7.1f}x" if seconds is not None else f"{'-':>8}"
-        print(f"{name:8} {cell:5} {fmt(ours)} {fmt(ref)} {fmt(tb)} {fmt(tbf)} {ratio(ref)} {ratio(tb):>9} "
-              f"{ratio(tbf)} {rate / 1e9:8.1f} {100 * rate / peak:6.0f}%")
+    print_table(rows, peaks)
     print()
-    for dtype in ("float64", "float32"):
-        peak = next(r[7] for r in rows if r[0] == dtype)
-        print(f"GEMM rate {dtype}: {peak / 1e9:.0f} GFLOP/s (numpy matmul 2048^2)")
+    for name, peak in peaks.items():
+        print(f"GEMM rate {name}: {peak / 1e9:.0f} GFLOP/s (numpy matmul 2048^2)")
 
 
 if __name__ == "__main__":
