@@ -20,7 +20,10 @@ from numba.extending import overload
 from .. import config
 
 FASTMATH = set(config.NUMBA_FASTMATH)
-jit = njit(cache=True, fastmath=FASTMATH, nogil=True)
+# Helpers are only called from @njit code: no Python or C wrapper to build for them.
+jit = njit(cache=True, fastmath=FASTMATH, nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+# The per-item entry points that the driver calls from Python threads.
+entry = njit(cache=True, fastmath=FASTMATH, nogil=True, no_cfunc_wrapper=True)
 
 
 def typed(like, value):
@@ -48,7 +51,8 @@ def gather_inputs(inputs, e, b0, nb):
     x = np.empty((T, nb, D), inputs.dtype)
     for b in range(nb):
         for t in range(T):
-            x[t, b] = inputs[e, b0 + b, t]
+            for d in range(D):
+                x[t, b, d] = inputs[e, b0 + b, t, d]
     return x
 
 
@@ -122,17 +126,19 @@ def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count
     T = T1 - 1
     K = w_out.shape[0]
     for b in range(nb):
-        h_last[e, b0 + b] = hs[T, b]
+        for j in range(H):
+            h_last[e, b0 + b, j] = hs[T, b, j]
     if given.shape[0] > 0:
         local = np.empty((T + 1, nb, H), hs.dtype)
         for b in range(nb):
             for t in range(T + 1):
-                local[t, b] = given[e, b0 + b, t]
+                for j in range(H):
+                    local[t, b, j] = given[e, b0 + b, t, j]
         local_log = np.empty((T + 1, nb))
         log_norms(local.reshape((T + 1) * nb, H), local_log.reshape((T + 1) * nb))
         mant_h = local[T].copy()
         scale = np.zeros(nb)
-        renormalise(scale, mant_h, np.empty((nb, 0), hs.dtype), local[:0, 0], local_log[:0, 0])
+        renormalise(scale, mant_h, np.empty((nb, 0), hs.dtype), np.empty((0, H), hs.dtype), np.empty(0))
         return 0.0, mant_h, scale, local, local_log
     if loss_every:
         rows = T * nb
@@ -151,7 +157,10 @@ def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count
         h_rows = hs[T]
         dlogits = np.empty((nb, K), hs.dtype)
         mant_h = np.empty((nb, H), hs.dtype)
-        loss = output_layer(h_rows, w_out, b_out, targets[e, b0:b0 + nb, 0], inv_count, dlogits, mant_h)
+        tgt = np.empty(nb, np.int64)
+        for b in range(nb):
+            tgt[b] = targets[e, b0 + b, 0]
+        loss = output_layer(h_rows, w_out, b_out, tgt, inv_count, dlogits, mant_h)
         local = np.zeros((0, nb, H), hs.dtype)
         local_log = np.zeros((0, nb))
     np.dot(dlogits.T, h_rows, part_out)
@@ -161,7 +170,7 @@ def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count
             acc += dlogits[r, k]
         part_bout[k] = acc
     scale = np.zeros(nb)
-    renormalise(scale, mant_h, np.empty((nb, 0), hs.dtype), local[:0, 0], local_log[:0, 0])
+    renormalise(scale, mant_h, np.empty((nb, 0), hs.dtype), np.empty((0, H), hs.dtype), np.empty(0))
     return loss, mant_h, scale, local, local_log
 
 
@@ -261,9 +270,12 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, g_ih, g_hh
             z[r, H + j] = w * x_rows[r, j]
         z[r, H + D] = w
     g = np.dot(da_rows.T, z)
-    g_hh[:] = g[:, :H]
-    g_ih[:] = g[:, H:H + D]
-    g_b[:] = g[:, H + D]
+    for i in range(g.shape[0]):  # element loops: an array-to-array slice assignment compiles
+        for j in range(H):       # numba's shape-mismatch error formatting (~1 s per rank)
+            g_hh[i, j] = g[i, j]
+        for j in range(D):
+            g_ih[i, j] = g[i, H + j]
+        g_b[i] = g[i, H + D]
     return s_star
 
 
@@ -274,7 +286,9 @@ def reorthonormalise(tangent, log_r):
     q, r = np.linalg.qr(np.ascontiguousarray(tangent.T))
     for i in range(tangent.shape[0]):
         log_r[i] = math.log(abs(r[i, i])) if r[i, i] != 0.0 else -np.inf
-    tangent[:] = q.T
+    for i in range(tangent.shape[0]):
+        for j in range(tangent.shape[1]):
+            tangent[i, j] = q[j, i]
 
 
 @jit

@@ -13,6 +13,7 @@ import numpy as np
 
 from ._vmath import sigmoid, tanh
 from .cpu_common import (
+    entry,
     gather_inputs,
     jit,
     loss_adjoints,
@@ -102,6 +103,7 @@ def gru_backward(gates, u_rows, hs, w_hh, local, local_log, mant_h, scale, da_sc
     rows_hid = np.empty((nb, 3 * H), gates.dtype)
     direct = np.empty((nb, H), gates.dtype)
     no_c = np.empty((nb, 0), gates.dtype)
+    no_local, no_local_log = np.empty((0, H), gates.dtype), np.empty(0)  # one renormalise signature
     for t in range(T, 0, -1):
         for b in range(nb):
             row = gates[t - 1, b]
@@ -124,8 +126,11 @@ def gru_backward(gates, u_rows, hs, w_hh, local, local_log, mant_h, scale, da_sc
                 d_hid[2 * H + j] = d_in[2 * H + j] * row[j]
             for j in range(H):
                 direct[b, j] = row[H + j] * dh[j]
-        gates[t - 1] = rows_in  # the gates of step t are spent; keep the input-side rows
-        u_rows[t - 1] = rows_hid[:, 2 * H:]
+        for b in range(nb):  # the gates of step t are spent; keep the input-side rows and δu
+            for j in range(3 * H):
+                gates[t - 1, b, j] = rows_in[b, j]
+            for j in range(H):
+                u_rows[t - 1, b, j] = rows_hid[b, 2 * H + j]
         np.dot(rows_hid, w_hh, mant_h)
         for b in range(nb):
             for j in range(H):
@@ -133,12 +138,12 @@ def gru_backward(gates, u_rows, hs, w_hh, local, local_log, mant_h, scale, da_sc
         if use_local:
             renormalise(scale, mant_h, no_c, local[t - 1], local_log[t - 1])
         else:
-            renormalise(scale, mant_h, no_c, local[:0, 0], local_log[:0, 0])
+            renormalise(scale, mant_h, no_c, no_local, no_local_log)
     for b in range(nb):
         log_h[b, 0] = scale[b]
 
 
-@jit
+@entry
 def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh, b_ih, b_hh, w_out,
                    b_out, item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_bih, part_bhh,
                    part_scale, part_out, part_bout, part_loss, profiles, h_last):
@@ -174,11 +179,12 @@ def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_h
     unused_ih = np.empty((H, D), inputs.dtype)
     weight_gradients(u_rows.reshape(rows, H), da_scale.reshape(rows), h_rows, x_rows, log_cutoff,
                      unused_ih, part_hh[item, 2 * H:], part_bhh[item, 2 * H:])
-    part_bhh[item, :2 * H] = part_bih[item, :2 * H]
+    for j in range(2 * H):
+        part_bhh[item, j] = part_bih[item, j]
     part_scale[item] = s_star
 
 
-@jit
+@entry
 def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1, states):
     """Forward pass of one work item into its own slots of ``states[0]`` = h (E, B, T, H)."""
     T = inputs.shape[2]
@@ -190,10 +196,11 @@ def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, it
                 np.empty((T, nb, H), inputs.dtype), hs)
     for b in range(nb):
         for t in range(T):
-            states[0, e, b0 + b, t] = hs[t + 1, b]
+            for j in range(H):
+                states[0, e, b0 + b, t, j] = hs[t + 1, b, j]
 
 
-@jit
+@entry
 def lyapunov_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b, tangent0, qr_every, warmup,
                   growth, log_growth):
     """Lyapunov spectrum of one (network, sequence), float64: the tangent rows follow

@@ -11,6 +11,7 @@ import numpy as np
 
 from ._vmath import sigmoid, tanh
 from .cpu_common import (
+    entry,
     gather_inputs,
     jit,
     loss_adjoints,
@@ -104,6 +105,7 @@ def lstm_backward(gates, cs, tanh_cs, w_hh, local, local_log, mant_h, mant_c, sc
     nb, H = mant_h.shape
     one = typed(gates, 1.0)
     use_local = local.shape[0] > 0
+    no_local, no_local_log = np.empty((0, H), gates.dtype), np.empty(0)  # one renormalise signature
     da = np.empty((nb, 4 * H), gates.dtype)
     for t in range(T, 0, -1):
         for b in range(nb):
@@ -135,12 +137,14 @@ def lstm_backward(gates, cs, tanh_cs, w_hh, local, local_log, mant_h, mant_c, sc
                 dc[j] *= row[H + j]
             log_h[b, t] = s + 0.5 * np.log(sq_h) if sq_h > 0.0 else -np.inf
             log_c[b, t] = s + 0.5 * np.log(sq_c) if sq_c > 0.0 else -np.inf
-        gates[t - 1] = da  # the gates of step t are spent; keep dL/da_t for the weights
+        for b in range(nb):  # the gates of step t are spent; keep dL/da_t for the weights
+            for j in range(4 * H):
+                gates[t - 1, b, j] = da[b, j]
         np.dot(da, w_hh, mant_h)
         if use_local:
             renormalise(scale, mant_h, mant_c, local[t - 1], local_log[t - 1])
         else:
-            renormalise(scale, mant_h, mant_c, local[:0, 0], local_log[:0, 0])
+            renormalise(scale, mant_h, mant_c, no_local, no_local_log)
     for b in range(nb):
         sq_h = 0.0
         sq_c = 0.0
@@ -151,7 +155,7 @@ def lstm_backward(gates, cs, tanh_cs, w_hh, local, local_log, mant_h, mant_c, sc
         log_c[b, 0] = scale[b] + 0.5 * np.log(sq_c) if sq_c > 0.0 else -np.inf
 
 
-@jit
+@entry
 def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh, b_ih, b_hh, w_out,
                    b_out, item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_bih, part_bhh,
                    part_scale, part_out, part_bout, part_loss, profiles, h_last):
@@ -186,7 +190,7 @@ def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_h
         x.reshape(T * nb, D), log_cutoff, part_ih[item], part_hh[item], part_bih[item])
 
 
-@jit
+@entry
 def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1, states):
     """Forward pass of one work item into its own slots of ``states`` = (h, c), each (E, B, T, H)."""
     T = inputs.shape[2]
@@ -200,11 +204,12 @@ def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, it
                  np.empty((T, nb, H), inputs.dtype))
     for b in range(nb):
         for t in range(T):
-            states[0, e, b0 + b, t] = hs[t + 1, b]
-            states[1, e, b0 + b, t] = cs[t + 1, b]
+            for j in range(H):
+                states[0, e, b0 + b, t, j] = hs[t + 1, b, j]
+                states[1, e, b0 + b, t, j] = cs[t + 1, b, j]
 
 
-@jit
+@entry
 def lyapunov_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b, tangent0, qr_every, warmup,
                   growth, log_growth):
     """Lyapunov spectrum of one (network, sequence) on the full state (h, c), float64: the

@@ -13,6 +13,7 @@ import numpy as np
 
 from ._vmath import tanh
 from .cpu_common import (
+    entry,
     gather_inputs,
     jit,
     loss_adjoints,
@@ -81,6 +82,7 @@ def rnn_backward(hs, w_hh, local, local_log, mant_h, scale, da, da_scale, log_h)
     one = typed(hs, 1.0)
     no_c = np.empty((nb, 0), hs.dtype)
     use_local = local.shape[0] > 0
+    no_local, no_local_log = np.empty((0, H), hs.dtype), np.empty(0)  # one renormalise signature
     for t in range(T, 0, -1):
         for b in range(nb):
             log_h[b, t] = scale[b]  # mant_h has unit norm (or is zero with scale -inf)
@@ -92,12 +94,12 @@ def rnn_backward(hs, w_hh, local, local_log, mant_h, scale, da, da_scale, log_h)
         if use_local:
             renormalise(scale, mant_h, no_c, local[t - 1], local_log[t - 1])
         else:
-            renormalise(scale, mant_h, no_c, local[:0, 0], local_log[:0, 0])
+            renormalise(scale, mant_h, no_c, no_local, no_local_log)
     for b in range(nb):
         log_h[b, 0] = scale[b]
 
 
-@jit
+@entry
 def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh, b_ih, b_hh, w_out,
                    b_out, item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_bih, part_bhh,
                    part_scale, part_out, part_bout, part_loss, profiles, h_last):
@@ -128,7 +130,7 @@ def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_h
         x.reshape(T * nb, D), log_cutoff, part_ih[item], part_hh[item], part_bih[item])
 
 
-@jit
+@entry
 def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1, states):
     """Forward pass of one work item into its own slots of ``states[0]`` = h (E, B, T, H)."""
     T = inputs.shape[2]
@@ -140,10 +142,11 @@ def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, it
     rnn_forward(x, w_ih_t[e], w_hh_t[e], bias, np.empty((T, nb, H), inputs.dtype), hs)
     for b in range(nb):
         for t in range(T):
-            states[0, e, b0 + b, t] = hs[t + 1, b]
+            for j in range(H):
+                states[0, e, b0 + b, t, j] = hs[t + 1, b, j]
 
 
-@jit
+@entry
 def lyapunov_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b, tangent0, qr_every, warmup,
                   growth, log_growth):
     """Lyapunov spectrum of one (network, sequence), float64: the forward step, then the
