@@ -21,6 +21,10 @@ GPU_MEMORY_FRACTION = 0.6
 # parallelise over (network, sequence tile) pairs; a tile batches its sequences
 # so that each time step is one small matrix product.
 CPU_SEQUENCE_TILE = 32
+# Rows ((step, sequence) pairs) per partial product of the CPU weight gradients: the
+# weighted factor Z of one block stays in cache and no buffer grows with T beyond the
+# activations BPTT keeps anyway. Any value >= 1 gives the same gradients up to rounding.
+CPU_WEIGHT_GRADIENT_ROWS = 1024
 # Shared memory one block of the GPU recurrence kernels may use, in bytes; None = the
 # device's opt-in limit (48 KB under the simulator). Tests lower it to exercise the
 # W_hh-in-global fallback. Every launch is checked against the device's own limits too

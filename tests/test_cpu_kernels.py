@@ -97,3 +97,16 @@ def test_results_are_deterministic_and_independent_of_thread_count():
     for key in first:
         np.testing.assert_array_equal(serial[key], first[key], err_msg=key)
         np.testing.assert_array_equal(again[key], first[key], err_msg=key)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", cells.names())
+@pytest.mark.parametrize("rows", [1, 3, 10**9])
+def test_weight_gradients_in_row_blocks_match_reference(monkeypatch, cell, dtype, rows):
+    """The weight-gradient product summed over blocks of 1 and 3 (step, sequence) rows, and
+    over one block of all rows, gives the reference's gradients (T*nb = 7*5 rows: the last
+    block is partial)."""
+    monkeypatch.setattr(config, "CPU_WEIGHT_GRADIENT_ROWS", rows)
+    params, x, y = make_problem(cell, 2, 5, 7, 3, 4, 3, loss="every", dtype=dtype, seed=11)
+    got = rnnsim.gradients(cell, params, x, y, loss="every")
+    assert_outputs_close(got, reference.gradients(cell, params, x, y, loss="every"), dtype)

@@ -113,11 +113,12 @@ def gradients(problem, params, inputs, targets, adjoints=None):
     profiles = np.empty((len(spec.state), E, B, T + 1))  # ln‖dL/d(state_t)‖, in spec.state order
     h_last = np.empty((E, B, H), dt)
     cutoff = logdomain.log_weight_cutoff(dt)
+    block_rows = max(1, int(config.CPU_WEIGHT_GRADIENT_ROWS))
     with _single_threaded_blas():
         _run_items(spec.kernels("cpu").gradients_item, n, loss_every, inputs, tgt, given, w_ih_t, w_hh_t,
                    params["weight_hh_l0"], params["bias_ih_l0"], params["bias_hh_l0"], params["weight_out"],
-                   params["bias_out"], net, b0, b1, cutoff, part_ih, part_hh, part_bih, part_bhh, part_scale,
-                   part_out, part_bout, part_loss, profiles, h_last)
+                   params["bias_out"], net, b0, b1, cutoff, block_rows, part_ih, part_hh, part_bih, part_bhh,
+                   part_scale, part_out, part_bout, part_loss, profiles, h_last)
     parts = {"weight_ih_l0": part_ih, "weight_hh_l0": part_hh, "bias_ih_l0": part_bih}
     if not spec.folded_bias:  # else bias_hh_l0 follows from the bias tie (logdomain.tie_biases)
         parts["bias_hh_l0"] = part_bhh

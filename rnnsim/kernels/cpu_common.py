@@ -233,7 +233,7 @@ def renormalise(scale, mant_h, mant_c, local, local_log):
 
 
 @jit
-def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, g_ih, g_hh, g_b):
+def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows, g_ih, g_hh, g_b):
     """Mantissas of dW_ih, dW_hh, db relative to exp(S*), S* = max scale
     (identity 2 of :mod:`rnnsim.logdomain`).
 
@@ -242,6 +242,7 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, g_ih, g_hh
     h_rows : (R, H) h_{t-1} for each row
     x_rows : (R, D) x_t for each row
     log_cutoff : float, ``rnnsim.logdomain.log_weight_cutoff(dtype)``
+    block_rows : int >= 1, rows per partial product (``rnnsim.config.CPU_WEIGHT_GRADIENT_ROWS``)
     g_ih, g_hh, g_b : out, (G*H, D), (G*H, H), (G*H,)
 
     Returns S* (float64; -inf when every adjoint is zero).
@@ -251,27 +252,39 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, g_ih, g_hh
     [dW_hh | dW_ih | db] = sum_r exp(s_r) da_r [h_r, x_r, 1]ᵀ = exp(S*) · DAᵀ Z, with
     Z_r = w_r [h_r, x_r, 1] and w_r = exp(s_r - S*) ≤ 1: one product instead of three,
     and the weights go on the narrow factor Z rather than on DA.
+    The product runs over blocks of ``block_rows`` rows, summed: Z is built one block
+    at a time, so it stays in cache and its memory does not grow with T.
     Rows with ln w_r <= log_cutoff (sqrt(tiny) by default: 1e-19 in float32, 1e-154
     in float64) are dropped: their products would be denormal numbers, which cost
     the CPU ~100x per operation (seen: 20x slower float32 weight gradients).
     """
-    R = da_rows.shape[0]
+    R, GH = da_rows.shape
     H, D = h_rows.shape[1], x_rows.shape[1]
+    W = H + D + 1
     s_star = -np.inf
     for r in range(R):
         s_star = max(s_star, scale_rows[r])
-    z = np.empty((R, H + D + 1), da_rows.dtype)
-    for r in range(R):
-        rel = scale_rows[r] - s_star
-        w = typed(z, math.exp(rel) if rel > log_cutoff else 0.0)
-        for j in range(H):
-            z[r, j] = w * h_rows[r, j]
-        for j in range(D):
-            z[r, H + j] = w * x_rows[r, j]
-        z[r, H + D] = w
-    g = np.dot(da_rows.T, z)
-    for i in range(g.shape[0]):  # element loops: an array-to-array slice assignment compiles
-        for j in range(H):       # numba's shape-mismatch error formatting (~1 s per rank)
+    n_max = max(1, min(block_rows, R))
+    z = np.empty((n_max, W), da_rows.dtype)
+    g = np.zeros((GH, W), da_rows.dtype)
+    part = np.empty((GH, W), da_rows.dtype)
+    for r0 in range(0, R, n_max):
+        n = min(n_max, R - r0)
+        for i in range(n):
+            r = r0 + i
+            rel = scale_rows[r] - s_star
+            w = typed(z, math.exp(rel) if rel > log_cutoff else 0.0)
+            for j in range(H):
+                z[i, j] = w * h_rows[r, j]
+            for j in range(D):
+                z[i, H + j] = w * x_rows[r, j]
+            z[i, H + D] = w
+        np.dot(da_rows[r0:r0 + n].T, z[:n], part)
+        for i in range(GH):
+            for j in range(W):
+                g[i, j] += part[i, j]
+    for i in range(GH):  # element loops: an array-to-array slice assignment compiles
+        for j in range(H):  # numba's shape-mismatch error formatting (~1 s per rank)
             g_hh[i, j] = g[i, j]
         for j in range(D):
             g_ih[i, j] = g[i, H + j]

@@ -145,8 +145,8 @@ def gru_backward(gates, u_rows, hs, w_hh, local, local_log, mant_h, scale, da_sc
 
 @entry
 def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh, b_ih, b_hh, w_out,
-                   b_out, item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_bih, part_bhh,
-                   part_scale, part_out, part_bout, part_loss, profiles, h_last):
+                   b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih, part_hh, part_bih,
+                   part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss's per-step adjoints
     ``given`` injected when it has a nonzero first axis, see
     :func:`~rnnsim.kernels.cpu_common.loss_adjoints`); writes only its own slots
@@ -174,11 +174,11 @@ def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_h
     h_rows = hs[:T].reshape(rows, H)
     x_rows = x.reshape(rows, D)
     s_star = weight_gradients(gate_rows.reshape(rows, GH), da_scale.reshape(rows), h_rows, x_rows,
-                              log_cutoff, part_ih[item], part_hh[item], part_bih[item])
+                              log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item])
     # The n block of the recurrent side takes δu instead of δa^n.
     unused_ih = np.empty((H, D), inputs.dtype)
     weight_gradients(u_rows.reshape(rows, H), da_scale.reshape(rows), h_rows, x_rows, log_cutoff,
-                     unused_ih, part_hh[item, 2 * H:], part_bhh[item, 2 * H:])
+                     block_rows, unused_ih, part_hh[item, 2 * H:], part_bhh[item, 2 * H:])
     for j in range(2 * H):
         part_bhh[item, j] = part_bih[item, j]
     part_scale[item] = s_star

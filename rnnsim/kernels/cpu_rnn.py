@@ -101,8 +101,8 @@ def rnn_backward(hs, w_hh, local, local_log, mant_h, scale, da, da_scale, log_h)
 
 @entry
 def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh, b_ih, b_hh, w_out,
-                   b_out, item_net, item_b0, item_b1, log_cutoff, part_ih, part_hh, part_bih, part_bhh,
-                   part_scale, part_out, part_bout, part_loss, profiles, h_last):
+                   b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih, part_hh, part_bih,
+                   part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss's per-step adjoints
     ``given`` injected when it has a nonzero first axis, see
     :func:`~rnnsim.kernels.cpu_common.loss_adjoints`); writes only its own slots
@@ -127,7 +127,7 @@ def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_h
     rnn_backward(hs, w_hh[e], local, local_log, mant_h, scale, gate_rows, da_scale, profiles[0, e, b0:b1])
     part_scale[item] = weight_gradients(
         gate_rows.reshape(T * nb, H), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
-        x.reshape(T * nb, D), log_cutoff, part_ih[item], part_hh[item], part_bih[item])
+        x.reshape(T * nb, D), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item])
 
 
 @entry
