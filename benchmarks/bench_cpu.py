@@ -23,7 +23,7 @@ with G the cell's gate blocks (1 rnn, 4 lstm, 3 gru); element-wise work is not c
 
 Usage::
 
-    python benchmarks/bench_cpu.py [--repeats 15] [--quick] [--shapes benchmark|issue14]
+    python benchmarks/bench_cpu.py [--repeats 15] [--quick] [--shapes benchmark|issue14] [--shape E,B,H,T]
                                    [--cells rnn,lstm,gru] [--dtypes float64,float32]
 
 Times are medians (the machine may be shared and noisy); large shapes run fewer repeats
@@ -240,25 +240,26 @@ def time_shape(shape, cell, dtype, args, torch, jax):
     return row
 
 
-def print_table(rows, peaks):
+TABLE_HEADER = ("| shape | cell | dtype | rnnsim | NumPy ref / rnnsim | torch / rnnsim | torch ftz / rnnsim "
+                "| JAX / rnnsim | GFLOP/s | % GEMM | JAX err |\n" + "|---" * 11 + "|")
+
+
+def print_row(row, peaks):
+    """One markdown row of the ratio table (printed as soon as the row is timed)."""
     def ms(seconds):
         return f"{seconds * 1e3:.1f} ms" if seconds is not None else "-"
 
     def ratio(row, key):
         return f"{row[key] / row['rnnsim']:.2f}" if row[key] is not None else "-"
 
-    print("| shape | cell | dtype | rnnsim | NumPy ref / rnnsim | torch / rnnsim | torch ftz / rnnsim "
-          "| JAX / rnnsim | GFLOP/s | % GEMM | JAX err |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
-    for row in rows:
-        E, B, H, T = row["shape"]
-        rate = flops(row["cell"], row["shape"]) / row["rnnsim"]
-        err = row["jax_err"]
-        tol = 1e-8 if row["dtype"] == "float64" else 1e-3
-        err_text = "-" if err is None else f"{err:.0e}" + ("" if err <= tol else " MISMATCH")
-        print(f"| E={E} B={B} H={H} T={T} | {row['cell']} | {row['dtype']} | {ms(row['rnnsim'])} "
-              f"| {ratio(row, 'ref')} | {ratio(row, 'torch')} | {ratio(row, 'ftz')} | {ratio(row, 'jax')} "
-              f"| {rate / 1e9:.1f} | {100 * rate / peaks[row['dtype']]:.0f}% | {err_text} |")
+    E, B, H, T = row["shape"]
+    rate = flops(row["cell"], row["shape"]) / row["rnnsim"]
+    err = row["jax_err"]
+    tol = 1e-8 if row["dtype"] == "float64" else 1e-3
+    err_text = "-" if err is None else f"{err:.0e}" + ("" if err <= tol else " MISMATCH")
+    print(f"| E={E} B={B} H={H} T={T} | {row['cell']} | {row['dtype']} | {ms(row['rnnsim'])} "
+          f"| {ratio(row, 'ref')} | {ratio(row, 'torch')} | {ratio(row, 'ftz')} | {ratio(row, 'jax')} "
+          f"| {rate / 1e9:.1f} | {100 * rate / peaks[row['dtype']]:.0f}% | {err_text} |", flush=True)
 
 
 def main():
@@ -267,6 +268,8 @@ def main():
     parser.add_argument("--budget", type=float, default=10.0, help="seconds per measurement (>= 3 repeats)")
     parser.add_argument("--quick", action="store_true", help="5 repeats, skip the NumPy reference")
     parser.add_argument("--shapes", default="benchmark", choices=sorted(SHAPES))
+    parser.add_argument("--shape", action="append", metavar="E,B,H,T",
+                        help="time this shape instead of --shapes (repeatable)")
     parser.add_argument("--cells", default=",".join(cells.names()), help="comma list of cells to time")
     parser.add_argument("--dtypes", default="float64,float32")
     parser.add_argument("--no-ftz", action="store_true", help="skip the torch flush-denormal timing")
@@ -286,15 +289,14 @@ def main():
     print(f"D={D}, K={K}, loss=last, forward + BPTT; medians; ratios above 1: rnnsim faster")
     dtypes = [np.dtype(name).type for name in args.dtypes.split(",")]
     peaks = {np.dtype(dtype).name: gemm_rate(dtype) for dtype in dtypes}
-    rows = []
-    for shape in SHAPES[args.shapes]:
+    shapes = [tuple(int(v) for v in text.split(",")) for text in args.shape] if args.shape \
+        else SHAPES[args.shapes]
+    print()
+    print(TABLE_HEADER, flush=True)
+    for shape in shapes:
         for dtype in dtypes:
             for cell in args.cells.split(","):
-                rows.append(time_shape(shape, cell, dtype, args, torch, jax))
-                print(f"  timed {rows[-1]['shape']} {cell} {rows[-1]['dtype']}: "
-                      f"{rows[-1]['rnnsim'] * 1e3:.1f} ms", flush=True)
-    print()
-    print_table(rows, peaks)
+                print_row(time_shape(shape, cell, dtype, args, torch, jax), peaks)
     print()
     for name, peak in peaks.items():
         print(f"GEMM rate {name}: {peak / 1e9:.0f} GFLOP/s (numpy matmul 2048^2)")
