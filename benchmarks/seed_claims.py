@@ -58,10 +58,10 @@ def sweep_tables(folder: Path) -> list:
             lines.append(f"| {T} | " + " | ".join(cells_text) + " |")
         lines += ["", f"longest T solved by some seed at some scale: {longest or 'none'}", ""]
     lines += ["networks solved, by the regime of the gradient map at init:", "",
-              "| cell | " + " | ".join(("vanishing", "neutral", "exploding")) + " |", "|---|---|---|---|"]
+              "| cell | vanishing | stable | exploding |", "|---|---|---|---|"]
     for cell in cells:
         parts = []
-        for regime in ("vanishing", "neutral", "exploding"):
+        for regime in ("vanishing", "stable", "exploding"):
             solved, total = by_regime[(cell, regime)]
             parts.append(f"{solved}/{total}" if total else "-")
         lines.append(f"| {cell} | " + " | ".join(parts) + " |")
