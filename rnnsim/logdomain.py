@@ -123,12 +123,27 @@ def merge_scaled(parts, part_scale, group, n_groups, cutoff):
     rel = part_scale - np.where(np.isfinite(s_star[group]), s_star[group], 0.0)
     with np.errstate(invalid="ignore"):
         factor = np.where(np.isfinite(part_scale) & (rel > cutoff), np.exp(rel), 0.0)
-    merged = {}
-    for key, part in parts.items():
-        out = np.zeros((n_groups,) + part.shape[1:], dtype=np.float64)
-        np.add.at(out, group, part * factor.reshape((-1,) + (1,) * (part.ndim - 1)))
-        merged[key] = out
+    merged = {key: group_sum(part * factor.reshape((-1,) + (1,) * (part.ndim - 1)), group, n_groups)
+              for key, part in parts.items()}
     return merged, s_star
+
+
+def group_sum(values, group, n_groups):
+    """``out[g] = sum of values[i] with group[i] == g`` in float64, (n_groups, ...).
+
+    The parts of one network are consecutive on every backend, so the sum is one
+    ``np.add.reduceat`` (np.add.at, the general case, is ~10x slower); both add each
+    group's rows in index order.
+    """
+    out = np.zeros((n_groups,) + values.shape[1:], dtype=np.float64)
+    group = np.asarray(group)
+    if len(group) and np.all(group[1:] >= group[:-1]):
+        present = np.bincount(group, minlength=n_groups) > 0
+        starts = np.searchsorted(group, np.flatnonzero(present))
+        out[present] = np.add.reduceat(np.asarray(values, dtype=np.float64), starts, axis=0)
+    else:
+        np.add.at(out, group, values)
+    return out
 
 
 def tie_biases(cell, mantissas):

@@ -77,3 +77,10 @@ def test_finalize_gives_inf_never_nan_and_a_finite_log_norm():
     out = logdomain.finalize(mant, np.array([1000.0]), readout, np.float64)
     np.testing.assert_array_equal(out["bias_ih_l0"], [[np.inf, -np.inf, 0.0]])
     assert out["log_grad_norm_params"][0] == pytest.approx(1000.0 + 0.5 * math.log(4 * 0.5), abs=1e-12)
+
+
+@pytest.mark.parametrize("group", [[0, 0, 1, 3, 3, 3], [2, 0, 1, 0, 2, 1]], ids=["consecutive", "scattered"])
+def test_group_sum_equals_the_plain_sum_per_group(group):
+    values = np.random.default_rng(0).standard_normal((6, 2, 3))
+    expected = np.stack([values[np.asarray(group) == g].sum(axis=0) for g in range(4)])
+    np.testing.assert_allclose(logdomain.group_sum(values, np.array(group), 4), expected, rtol=1e-15, atol=0)

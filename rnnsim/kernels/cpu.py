@@ -134,9 +134,7 @@ def gradients(problem, params, inputs, targets, adjoints=None):
 
 
 def _sum_by(net, parts, E):
-    out = np.zeros((E,) + parts.shape[1:], dtype=np.float64)
-    np.add.at(out, net, parts)
-    return out
+    return logdomain.group_sum(parts, net, E)
 
 
 def forward(problem, params, inputs):
