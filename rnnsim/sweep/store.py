@@ -385,13 +385,24 @@ def open_sweep(out, config: SweepConfig, *, resume=False, overwrite=False):
         The folder cannot be created or written.
     """
     out = Path(out)
-    check_folder(out, config, resume=resume, overwrite=overwrite)  # read-only: refuse before writing
+    with locked_folder(out, "sweep", lambda: check_folder(out, config, resume=resume, overwrite=overwrite)
+                       ) as (lock, found):
+        yield SweepFolder(out, lock, found, overwrite)
+
+
+@contextlib.contextmanager
+def locked_folder(out: Path, command: str, check):
+    """Create ``out`` if needed and hold its lock for ``command``; yield (lock, what ``check``
+    returned). ``check()`` runs read-only before anything is created (refuse before writing)
+    and again once the lock is held; a folder this call created is removed again when the
+    lock cannot be had. The one protocol of the sweep's and ``rnnsim train``'s folders."""
+    check()
     created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OSError(f"cannot create results folder {out}: {exc.strerror or exc}") from None
-    lock = FolderLock(out, "sweep")
+    lock = FolderLock(out, command)
     try:
         _check_writable(out)
         lock.acquire()
@@ -401,8 +412,7 @@ def open_sweep(out, config: SweepConfig, *, resume=False, overwrite=False):
                 out.rmdir()
         raise
     try:
-        found = check_folder(out, config, resume=resume, overwrite=overwrite)  # again, now that it is ours
-        yield SweepFolder(out, lock, found, overwrite)
+        yield lock, check()  # again, now that it is ours
     finally:
         lock.release()
 

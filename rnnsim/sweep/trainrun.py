@@ -45,14 +45,13 @@ from .._validate import DEVICES, check_choice
 from . import training
 from .config import _PARSERS as SWEEP_PARSERS
 from .config import SweepConfig
-from .lock import FolderLock
 from .provenance import now, provenance
 from .store import (
     MANIFEST,
     MARKER,
-    _check_writable,
     _is_transient,
     atomic_write,
+    locked_folder,
     remove_stale_temps,
     write_json,
 )
@@ -147,23 +146,7 @@ def _check_folder(out: Path, overwrite: bool) -> None:
 
 @contextlib.contextmanager
 def _open_folder(out: Path, overwrite: bool):
-    _check_folder(out, overwrite)  # read-only: refuse before creating anything
-    created = not out.exists()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OSError(f"cannot create results folder {out}: {exc.strerror or exc}") from None
-    lock = FolderLock(out, "train")
-    try:
-        _check_writable(out)
-        lock.acquire()
-    except OSError:
-        if created:
-            with contextlib.suppress(OSError):
-                out.rmdir()
-        raise
-    try:
-        _check_folder(out, overwrite)  # again, now that it is ours
+    with locked_folder(out, "train", lambda: _check_folder(out, overwrite)) as (lock, _):
         lock.claim()
         if not (out / MARKER).is_file():
             atomic_write(out / MARKER, lambda fh: fh.write(_MARKER_TEXT.encode()))
@@ -172,8 +155,6 @@ def _open_folder(out: Path, overwrite: bool):
             if (out / name).is_file():  # a run killed before its results, or overwrite
                 (out / name).unlink()
         yield
-    finally:
-        lock.release()
 
 
 # --------------------------------------------------------------------------- running
