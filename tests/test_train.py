@@ -186,3 +186,24 @@ def test_clipping_keeps_float32_training_finite_where_plain_training_diverges(op
         assert np.isfinite(value).all()
     # it trained: the clipped step moves W_hh, which carries nearly all of the norm
     assert not np.array_equal(clipped.params["weight_hh_l0"], params["weight_hh_l0"])
+
+
+@pytest.mark.parametrize("task", ["copy-first", "adding"])
+def test_evaluations_score_the_reference_readout(task):
+    """The held-out loss and rate at step 0 are the task's loss and success rate of the
+    untrained networks' readout, computed here from the NumPy reference's forward pass."""
+    from rnnsim.train import make_ensemble_batch
+
+    params = _networks("gru", task, 2)
+    result = train("gru", params, task, length=7, steps=1, seed=[3, 5], eval_batch=64)
+    x, y = make_ensemble_batch(task, [3, 5], 64, 7, evaluation=True)
+    h_last = rnnsim.reference.forward("gru", params, x)["h"][:, :, -1]
+    z = np.einsum("ebh,ekh->ebk", h_last, params["weight_out"]) + params["bias_out"][:, None, :]
+    if task == "adding":
+        loss, solved = ((z - y) ** 2).mean(axis=2), ((z - y) ** 2)[..., 0] < 0.04
+    else:
+        log_p = z - np.log(np.exp(z).sum(axis=2, keepdims=True))
+        loss, solved = -np.take_along_axis(log_p, y[..., None], axis=2)[..., 0], z.argmax(axis=2) == y
+    assert_close(result.evaluations["loss"][0], loss.mean(axis=1), 1e-12, name="loss")
+    np.testing.assert_allclose(result.evaluations["rate"][0], solved.mean(axis=1))
+    assert result.evaluations["step"].tolist() == [0, 1]
