@@ -50,6 +50,12 @@ class TrainResult:
     settings: dict
 
 
+def evaluation_steps(steps: int, eval_every: int) -> np.ndarray:
+    """The steps at which :func:`train` evaluates: 0, every ``eval_every`` steps, and ``steps``
+    (after the last update)."""
+    return np.array(sorted(set(range(0, steps, eval_every)) | {steps}))
+
+
 def _seeds(seed, E):
     if np.ndim(seed) == 0:
         return np.full(E, parse_int("seed", seed, minimum=0), dtype=np.int64)
@@ -137,8 +143,9 @@ def train(cell, params, task, *, length, steps, batch=32, optimizer="adam", lr=1
 
     history = {name: np.full((steps, E), np.nan) for name in ("loss", "rate", "log_grad_norm")}
     history.update(clipped=np.zeros((steps, E), dtype=bool), skipped=np.zeros((steps, E), dtype=bool))
-    eval_steps = sorted(set(range(0, steps, eval_every)) | {steps})
-    evaluations = {"step": np.array(eval_steps), "loss": np.full((len(eval_steps), E), np.nan),
+    eval_steps = evaluation_steps(steps, eval_every)
+    eval_row = {int(step): row for row, step in enumerate(eval_steps)}
+    evaluations = {"step": eval_steps, "loss": np.full((len(eval_steps), E), np.nan),
                    "rate": np.full((len(eval_steps), E), np.nan)}
     alive = np.ones(E, dtype=bool)
     diverged_at = np.full(E, np.nan)
@@ -149,8 +156,8 @@ def train(cell, params, task, *, length, steps, batch=32, optimizer="adam", lr=1
         evaluations["rate"][row] = np.where(alive, solved.mean(axis=1), np.nan)
 
     for step in range(steps):
-        if step in eval_steps:
-            evaluate(eval_steps.index(step))
+        if step in eval_row:
+            evaluate(eval_row[step])
         x, y = tasks.make_ensemble_batch(task, seeds, batch, T, step=step, dtype=dtype)
         result = gradients(cell, current, x, y, loss=dims.loss, clip=clip, device=device)
         loss = np.asarray(result["loss"], dtype=np.float64)
