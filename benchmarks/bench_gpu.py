@@ -1,27 +1,33 @@
-"""GPU benchmark: rnnsim's numba.cuda kernels against two torch baselines, same card.
+"""GPU benchmark: rnnsim's numba.cuda kernels against torch and JAX baselines, same card.
 
 Usage (on a machine with a GPU; see benchmarks/run_on_gpu.sh)::
 
     PYTHONPATH=. python benchmarks/bench_gpu.py            # the issue's workload
     NUMBA_ENABLE_CUDASIM=1 PYTHONPATH=. python benchmarks/bench_gpu.py --small   # smoke test
 
-1. Correctness of ``device="cuda"`` against ``device="cpu"`` at H=128, T=512 (every
-   registered cell, both dtypes, loss="every", a small E*B so the CPU side is quick): the
-   worst error over every output key, relative to tolerance (abs + rel*|ref|),
-   with PASS/FAIL.
-2. Timing of forward + BPTT for E=64, B=32, H=128, D=16, T=512 (K=10, loss="last"),
-   float32 and float64, every cell (rnn, lstm, gru): rnnsim (the whole
-   ``rnnsim.gradients`` call, host copies included), torch (a) distinct weights per
-   network (a ``torch.bmm`` loop over time plus autograd; the gru keeps b_ih and b_hh
-   apart, b_hn inside r * (W_hn h + b_hn), as torch.nn.GRU) and (b) cuDNN
-   nn.RNN/nn.LSTM/nn.GRU with one shared weight set for all E*B sequences. Medians of
-   ``--repeats`` runs after a warm-up, with torch.cuda.synchronize around every torch run.
-   ``--cells`` picks some of the cells.
+1. Correctness (``--part check``) of ``device="cuda"`` against the NumPy reference and
+   against ``device="cpu"`` at H=128, T=512 and at H=512, T=256 (every registered cell,
+   both dtypes, loss="every", a small E*B so the CPU and reference sides are quick), and
+   every loss of :data:`rnnsim.losses.LOSSES` (masks, injected adjoints, clipping) at a
+   small shape: the worst error over every output key, relative to tolerance
+   (rel*|ref| + abs*max|ref|; 1e-12 in float64, 1e-5 in float32), with PASS/FAIL.
+2. Timing (``--part time``) of forward + BPTT for E=64, B=32, H=128, D=16, T=512 (K=10,
+   loss="last"), float32 and float64, every cell: rnnsim (the whole ``rnnsim.gradients``
+   call, host copies included; and ``rnnsim.forward`` alone, to say where the time
+   goes), torch (a) distinct weights per network (a ``torch.bmm`` loop over time plus
+   autograd; the gru keeps b_ih and b_hh apart, as torch.nn.GRU), (b) cuDNN
+   nn.RNN/nn.LSTM/nn.GRU with one shared weight set for all E*B sequences, and (c) JAX
+   ``jit(vmap(value_and_grad))`` over a ``lax.scan`` with distinct weights per network
+   (benchmarks/bench_cpu.py's, on the GPU here), whose gradients are also checked against
+   rnnsim's. Medians of ``--repeats`` runs after a warm-up, synchronised around every run.
+   The rate column counts 6GH^2 + 4GHD FLOP per sequence step (forward, the backward's
+   two products) against FMA-chain ceilings of 33 (fp32) and 25 (fp64) TFLOP/s measured
+   in numba on an H200. Last, the default ``rnnsim sweep`` on the GPU, cold and warm.
 
-``--small`` runs the same code paths at tiny shapes (under the simulator the torch
-GPU parts are skipped with a message). ``--sanitize`` runs every cell's kernels once
-at small shapes and nothing else, for ``compute-sanitizer`` (memcheck, racecheck; see
-benchmarks/run_on_gpu.sh): several blocks and padded tiles, W_hh in shared and in
+``--small`` runs the same code paths at tiny shapes (under the simulator the torch and
+JAX GPU parts run on the CPU, as a smoke test). ``--sanitize`` runs every cell's kernels
+once at small shapes and nothing else, for ``compute-sanitizer`` (memcheck, racecheck;
+see benchmarks/run_on_gpu.sh): several blocks and padded tiles, W_hh in shared and in
 global memory, and a launch above 48 KB of shared memory (the opt-in).
 """
 from __future__ import annotations
@@ -33,7 +39,7 @@ import time
 import numpy as np
 
 import rnnsim
-from rnnsim import cells, config
+from rnnsim import cells, config, losses, reference
 from rnnsim.kernels import _cuda, gpu
 
 TOLERANCE = {np.float64: (1e-12, 1e-13), np.float32: (1e-5, 1e-6)}  # rel, abs (x max|ref|)
@@ -44,7 +50,10 @@ def problem(cell, dtype, E, B, T, D, H, K, loss, seed=0):
                                 forget_bias=1.0)  # cells without a forget gate ignore it
     rng = np.random.default_rng(seed + 1)
     inputs = rng.standard_normal((E, B, T, D)).astype(dtype)
-    targets = rng.integers(0, K, size=(E, B) if loss == "last" else (E, B, T))
+    if losses.is_class_loss(loss):
+        targets = rng.integers(0, K, size=losses.target_shape(loss, E, B, T))
+    else:
+        targets = rng.standard_normal(losses.target_shape(loss, E, B, T, K)).astype(dtype)
     return params, inputs, targets
 
 
@@ -68,7 +77,8 @@ def worst_error(got, want, dtype):
 
 
 def check_correctness(shape, names):
-    print(f"\n== correctness, cuda vs cpu, {shape} ==")
+    """cuda against the NumPy reference and the cpu backend, loss "every"."""
+    print(f"\n== correctness, cuda vs reference and cpu, {shape} ==", flush=True)
     ok = True
     for dtype in (np.float64, np.float32):
         for cell in names:
@@ -76,16 +86,42 @@ def check_correctness(shape, names):
             t0 = time.perf_counter()
             got = rnnsim.gradients(cell, params, inputs, targets, loss="every", device="cuda")
             t1 = time.perf_counter()
-            want = rnnsim.gradients(cell, params, inputs, targets, loss="every", device="cpu")
-            t2 = time.perf_counter()
-            ratio, key = worst_error(got, want, dtype)
-            rtol = TOLERANCE[dtype][0]
-            passed = ratio <= 1.0
-            ok &= passed
-            print(f"{cell:4s} {np.dtype(dtype).name:7s} worst error = {ratio:.3g} x tolerance "
-                  f"(rel {rtol:g}) at {key!r:24s} {'PASS' if passed else 'FAIL'}   "
-                  f"[cuda {t1 - t0:.2f} s incl. compile, cpu {t2 - t1:.2f} s]")
+            ok &= report(cell, dtype, "every", got, {
+                "reference": reference.gradients(cell, params, inputs, targets, loss="every"),
+                "cpu": rnnsim.gradients(cell, params, inputs, targets, loss="every", device="cpu")},
+                f"[cuda {t1 - t0:.2f} s incl. compile]")
     return ok
+
+
+def check_losses(shape, names):
+    """Every loss (masks, injected per-step adjoints) and a clip, against the reference."""
+    print(f"\n== every loss, cuda vs reference, {shape} ==", flush=True)
+    ok = True
+    E, B, T = shape["E"], shape["B"], shape["T"]
+    for dtype in (np.float64, np.float32):
+        for cell in names:
+            for loss in losses.LOSSES:
+                params, inputs, targets = problem(cell, dtype, loss=loss, **shape)
+                mask = None
+                if loss in losses.MASKED_LOSSES:
+                    mask = np.random.default_rng(7).random((E, B, T)) < 0.5
+                    mask[:, 0, -1] = True  # every network selects something
+                clip = 0.5 if loss == "every" else None  # one clipped call per cell and dtype
+                got = rnnsim.gradients(cell, params, inputs, targets, loss=loss, mask=mask, clip=clip,
+                                       device="cuda")
+                want = reference.gradients(cell, params, inputs, targets, loss=loss, mask=mask, clip=clip)
+                ok &= report(cell, dtype, loss + (" clip" if clip else ""), got, {"reference": want})
+    return ok
+
+
+def report(cell, dtype, loss, got, wants, extra=""):
+    passed = True
+    for against, want in wants.items():
+        ratio, key = worst_error(got, want, dtype)
+        passed &= ratio <= 1.0
+        print(f"{cell:4s} {np.dtype(dtype).name:7s} {loss:11s} vs {against:9s} worst error = {ratio:.3g} "
+              f"x tolerance at {key!r:24s} {'PASS' if ratio <= 1.0 else 'FAIL'} {extra}", flush=True)
+    return passed
 
 
 def median_time(fn, repeats, sync=lambda: None):
@@ -158,40 +194,91 @@ def torch_cudnn(torch, cell, dtype, shape, device):
     return run
 
 
-def benchmark(shape, repeats, small, names):
-    print(f"\n== forward + BPTT timing, {shape}, loss='last', median of {repeats} ==")
+CEILING_TFLOPS = {np.float32: 33.0, np.float64: 25.0}  # FMA-chain kernels in numba on an H200
+
+
+def step_flops(cell, shape):
+    """FLOP of forward + BPTT: per sequence step, the forward's and the backward's two
+    products with W_hh (2GH^2 each) and W_ih (2GHD forward, 2GHD for its gradient)."""
+    G, H, D = cells.get(cell).G, shape["H"], shape["D"]
+    return shape["E"] * shape["B"] * shape["T"] * (6 * G * H * H + 4 * G * H * D)
+
+
+def baselines(small):
+    """(torch, jax, device): the frameworks to time and where, or None where unavailable."""
     try:
         import torch
     except ImportError:
         torch = None
-    baseline_device = None
+    try:
+        import jax
+        jax.config.update("jax_enable_x64", True)  # float64 arrays stay float64
+    except ImportError:
+        jax = None
     if torch is not None and torch.cuda.is_available() and not _cuda.is_simulator():
-        baseline_device = "cuda"
         torch.backends.cudnn.benchmark = True
-    elif torch is not None and small:
-        baseline_device = "cpu"
-        print("(torch.cuda is not available: torch baselines run on the CPU, as a smoke test only)")
-    else:
-        why = "torch is not installed" if torch is None else "torch.cuda is not available"
-        print(f"(torch baselines skipped: {why})")
+        return torch, jax, "cuda"
+    if small:
+        print("(torch.cuda is not available: the baselines run on the CPU, as a smoke test only)")
+        return torch, jax, "cpu"
+    print("(torch and JAX baselines skipped: torch.cuda is not available)")
+    return None, None, None
+
+
+def benchmark(shape, repeats, small, names):
+    print(f"\n== forward + BPTT timing, {shape}, loss='last', median of {repeats} ==", flush=True)
+    torch, jax, baseline_device = baselines(small)
     sync = torch.cuda.synchronize if baseline_device == "cuda" else (lambda: None)
+    nan = float("nan")
     rows = []
     for dtype in (np.float32, np.float64):
         for cell in names:
             params, inputs, targets = problem(cell, dtype, loss="last", **shape)
-            ours = median_time(lambda: rnnsim.gradients(cell, params, inputs, targets, device="cuda"),
-                               repeats)
-            base_a = base_b = float("nan")
-            if baseline_device is not None:
+            row = dict(name=f"{cell} {np.dtype(dtype).name}", bmm=nan, cudnn=nan, jax=nan, jax_err=nan,
+                       flop=step_flops(cell, shape), ceiling=CEILING_TFLOPS[dtype])
+            row["ours"] = median_time(lambda: rnnsim.gradients(cell, params, inputs, targets, device="cuda"),
+                                      repeats)
+            row["fwd"] = median_time(lambda: rnnsim.forward(cell, params, inputs, device="cuda"), repeats)
+            if torch is not None:
                 for_torch = (torch, cell, dtype, shape, baseline_device)
-                base_a = median_time(torch_distinct(*for_torch), repeats, sync)
-                base_b = median_time(torch_cudnn(*for_torch), repeats, sync)
-            rows.append((f"{cell} {np.dtype(dtype).name}", ours, base_a, base_b))
-    print(f"{'':14s} {'rnnsim cuda':>12s} {'(a) bmm loop':>13s} {'(b) cuDNN':>11s} "
-          f"{'(a)/rnnsim':>11s} {'(b)/rnnsim':>11s}")
-    for name, ours, base_a, base_b in rows:
-        print(f"{name:14s} {1e3 * ours:10.2f}ms {1e3 * base_a:11.2f}ms {1e3 * base_b:9.2f}ms "
-              f"{base_a / ours:10.2f}x {base_b / ours:10.2f}x")
+                row["bmm"] = median_time(torch_distinct(*for_torch), repeats, sync)
+                row["cudnn"] = median_time(torch_cudnn(*for_torch), repeats, sync)
+            if jax is not None:
+                from bench_cpu import jax_baseline, jax_error
+                run, check = jax_baseline(cell, params, inputs, targets)
+                row["jax"] = median_time(run, repeats)
+                ours = rnnsim.gradients(cell, params, inputs, targets, device="cuda")
+                row["jax_err"] = jax_error(check, ours)
+            rows.append(row)
+            print(f"  {row['name']}: rnnsim {1e3 * row['ours']:.2f} ms, bmm {1e3 * row['bmm']:.2f} ms, "
+                  f"cuDNN {1e3 * row['cudnn']:.2f} ms, JAX {1e3 * row['jax']:.2f} ms", flush=True)
+    print(f"\n{'':13s} {'rnnsim':>9s} {'fwd only':>9s} {'TFLOP/s':>13s} {'(a) bmm':>9s} {'(b) cuDNN':>9s} "
+          f"{'(c) JAX':>9s} {'a/ours':>7s} {'b/ours':>7s} {'c/ours':>7s} {'jax err':>8s}")
+    for r in rows:
+        rate = r["flop"] / r["ours"] / 1e12
+        print(f"{r['name']:13s} {1e3 * r['ours']:7.2f}ms {1e3 * r['fwd']:7.2f}ms "
+              f"{rate:6.2f} ({100 * rate / r['ceiling']:3.0f}%) "
+              f"{1e3 * r['bmm']:7.2f}ms {1e3 * r['cudnn']:7.2f}ms "
+              f"{1e3 * r['jax']:7.2f}ms {r['bmm'] / r['ours']:6.2f}x {r['cudnn'] / r['ours']:6.2f}x "
+              f"{r['jax'] / r['ours']:6.2f}x {r['jax_err']:8.1e}")
+
+
+def time_default_sweep(small):
+    """The default ``rnnsim sweep`` on the GPU, twice in one process: cold (compiles) and warm."""
+    import tempfile
+
+    from rnnsim import sweep
+    settings = {}
+    if small:  # the simulator runs every thread in Python, and allows 48 KB of shared memory
+        settings = {"lengths": "5:10:2", "scales": "0.5:3:2", "hidden": 4, "batch": 2, "seeds": 1}
+        config.GPU_THREADS_PER_BLOCK, config.GPU_SEQUENCES_PER_BLOCK = 4, 2
+    print("\n== default sweep, device cuda" + (" (small grid)" if small else "") + " ==", flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        for label in ("cold", "warm"):
+            t0 = time.perf_counter()
+            stats = sweep.run_sweep(sweep.configure(settings)[0], f"{folder}/{label}", device="cuda")
+            print(f"{label}: {time.perf_counter() - t0:.2f} s wall, {stats['calls']} calls, "
+                  f"kernel share {stats['kernel_share']:.0%}", flush=True)
 
 
 def _without_w_hh_cap(cell, dtype, H):
@@ -247,6 +334,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per configuration")
     parser.add_argument("--sanitize", action="store_true",
                         help="run every kernel once at small shapes (for compute-sanitizer), nothing else")
+    parser.add_argument("--part", choices=("check", "time", "all"), default="all",
+                        help="correctness checks, timings, or both (default)")
     parser.add_argument("--cells", default=",".join(cells.names()),
                         help="comma list of cells (default: every registered cell)")
     args = parser.parse_args()
@@ -260,17 +349,25 @@ def main():
         print("sanitize:", "PASS" if ok else "FAIL")
         raise SystemExit(0 if ok else 1)
     if args.small:
-        check = dict(E=1, B=2, T=4, D=2, H=3, K=3)
+        checks = [dict(E=1, B=2, T=4, D=2, H=3, K=3), dict(E=2, B=3, T=3, D=2, H=5, K=3)]
+        loss_check = dict(E=2, B=3, T=4, D=2, H=3, K=3)
         bench = dict(E=2, B=2, T=3, D=2, H=3, K=3)
         repeats = args.repeats or 1
     else:
-        check = dict(E=2, B=4, T=512, D=16, H=128, K=10)
+        checks = [dict(E=2, B=4, T=512, D=16, H=128, K=10), dict(E=2, B=3, T=256, D=16, H=512, K=10)]
+        loss_check = dict(E=3, B=5, T=40, D=6, H=48, K=5)
         bench = dict(E=64, B=32, T=512, D=16, H=128, K=10)
         repeats = args.repeats or 5
     print(f"device: {device_name()}")
-    ok = check_correctness(check, names)
-    benchmark(bench, repeats, args.small, names)
-    print("\ncorrectness:", "PASS" if ok else "FAIL")
+    ok = True
+    if args.part in ("check", "all"):
+        for shape in checks:
+            ok &= check_correctness(shape, names)
+        ok &= check_losses(loss_check, names)
+        print("\ncorrectness:", "PASS" if ok else "FAIL")
+    if args.part in ("time", "all"):
+        benchmark(bench, repeats, args.small, names)
+        time_default_sweep(args.small)
     raise SystemExit(0 if ok else 1)
 
 

@@ -277,8 +277,9 @@ def offline_driver(monkeypatch, linker):
         monkeypatch.setattr(gpu, "_compiled", lambda *a: (figures, "compiled"))
         problem = Problem(cell, "last", E=2, B=20, T=3, D=2, H=H, K=2, dtype=np.dtype(dtype))
         kernel = RecordingKernel()
+        monkeypatch.setattr(gpu, "_cell_kernels", lambda *key: {role: kernel})
         opt_ins.clear()
-        plan = gpu._launch_recurrence(None, problem, kernel, role, ("args",), tile, threads, 2, limits)
+        plan = gpu._launch_recurrence(None, problem, role, ("args",), tile, threads, 2, limits)
         return figures, plan, kernel.launches, list(opt_ins)
 
     return launch
@@ -308,8 +309,32 @@ def test_failed_opt_in_falls_back_within_48_kb(monkeypatch, offline_driver):
     assert not plan.opt_in and not args[-1] and plan.total <= DEFAULT_LIMIT and dynamic == plan.dynamic
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        _one_line_value_error(lambda: offline_driver("lstm", "backward", "float32", 128), "shared memory",
+        # H = 128 fits 48 KB only with fewer sequences per block: 5 of the 20 per block, 4 blocks
+        _, plan, launches, _ = offline_driver("lstm", "backward", "float32", 128)
+        ((grid, _, _, dynamic), _), = launches
+        assert grid == (4, 2) and not plan.opt_in and plan.total <= DEFAULT_LIMIT
+        # one float64 sequence at H = 1024 needs 63,504 B: refused with one line
+        _one_line_value_error(lambda: offline_driver("lstm", "backward", "float64", 1024), "shared memory",
                               "49,152 B")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cell", cells.names())
+def test_a_tile_too_large_for_shared_memory_gives_way_to_the_largest_that_fits(cell, dtype, offline_driver):
+    """Issue 15: at H = 512 the lstm float64 backward needs 271,616 B with 8 sequences per
+    block, over sm_90's 232,448, and the dispatcher refused it (so did the gru at H = 1024).
+    It now launches the largest tile that fits, and refuses only where one sequence per
+    block does not fit."""
+    module = cells.get(cell).kernels("gpu")
+    for role in ROLES:
+        for H in (128, 512, 1024):
+            need = [module.dynamic_shared_bytes(role, np.dtype(dtype), t, 128, H, False) for t in range(1, 9)]
+            fits = [t for t, nbytes in enumerate(need, start=1) if nbytes <= gpu_launch.SM90.shared_optin]
+            _, plan, launches, _ = offline_driver(cell, role, dtype, H)
+            ((grid, _, _, _), _), = launches
+            assert grid == (math.ceil(20 / max(fits)), 2) and plan.total <= gpu_launch.SM90.shared_optin
+    assert gpu_launch.fitting_tile(cells.get("lstm").kernels("gpu"), "backward", np.dtype("float64"),
+                                   8, 128, 512) == 6
 
 
 # ----------------------------------------------------------------------------------

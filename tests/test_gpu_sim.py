@@ -117,6 +117,24 @@ def test_weights_in_global_memory_match_reference(cell, monkeypatch):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_a_tile_too_large_for_shared_memory_runs_as_smaller_tiles(cell, monkeypatch):
+    """Issue 15: where the configured sequences per block cannot fit shared memory even
+    with W_hh in global memory (the lstm float64 backward at H = 512 on sm_90), the
+    dispatcher launches the largest tile that fits, here one sequence per block."""
+    H, threads = 6, 4
+    module = cells.get(cell).kernels("gpu")
+    one = max(module.dynamic_shared_bytes(role, np.float64, 1, threads, H, False)
+              for role in ("forward", "backward"))
+    monkeypatch.setattr(config, "GPU_MAX_SHARED_BYTES", one)
+    assert module.dynamic_shared_bytes("backward", np.float64, 2, threads, H, False) > one  # the tile of 2
+    tiles = []
+    original = gpu_launch.recurrence_plan
+    monkeypatch.setattr(gpu_launch, "recurrence_plan", lambda *a: tiles.append(a[3]) or original(*a))
+    compare(cell, "every", np.float64, E=2, B=3, T=4, D=2, H=H, K=3)
+    assert 1 in tiles and set(tiles) <= {1, 2}
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_ensemble_split_into_chunks(cell, monkeypatch):
     E = 3
     params, inputs, targets = make_problem(cell, E=E, B=2, T=3, D=2, H=3, K=2)

@@ -125,22 +125,29 @@ def _allow_dynamic_shared(compiled, nbytes):
         nbytes, cufunc.handle, cufunc.device.id)
 
 
-def _launch_recurrence(cuda, problem, kernel, role, args_before_flag, tile, threads, n_nets, limits):
-    """Plan (shared memory, registers, grid), compile, opt in if needed, launch."""
+def _launch_recurrence(cuda, problem, role, args_before_flag, tile, threads, n_nets, limits):
+    """Plan (tile, shared memory, registers, grid), compile, opt in if needed, launch.
+
+    ``tile`` is the configured number of sequences per block; where its block cannot fit
+    the device's shared memory even with W_hh in global memory (large H, float64), the
+    largest smaller tile that fits is launched instead (:func:`gpu_launch.fitting_tile`).
+    """
     module = _cell_module(problem.cell)
     label = f"the {problem.cell} {role} kernel ({problem.dtype.name})"
+    capped = limits.with_shared_cap(config.GPU_MAX_SHARED_BYTES)
+    tile = gpu_launch.fitting_tile(module, role, problem.dtype, tile, threads, problem.H, capped)
+    kernel = _cell_kernels(problem.cell, problem.dtype.name, tile, threads)[role]
     grid = gpu_launch.recurrence_grid(n_nets, problem.B, tile, limits)
-    limits = limits.with_shared_cap(config.GPU_MAX_SHARED_BYTES)
 
-    def plan(static, lim):
+    def plan(static):
         return gpu_launch.recurrence_plan(module, role, problem.dtype, tile, threads, problem.H, static,
-                                          lim, label)
+                                          capped, label)
 
     # before compiling: everything the kernels keep in shared memory is dynamic
-    shared = plan(0, limits)
-    figures, compiled = _compiled(kernel, (*args_before_flag, shared.w_in_shared), 0, limits)
-    gpu_launch.check_figures(label, figures, threads, limits)
-    shared = plan(figures.static_shared, limits)
+    shared = plan(0)
+    figures, compiled = _compiled(kernel, (*args_before_flag, shared.w_in_shared), 0, capped)
+    gpu_launch.check_figures(label, figures, threads, capped)
+    shared = plan(figures.static_shared)
     try:
         if shared.opt_in:
             _allow_dynamic_shared(compiled, shared.dynamic)
@@ -151,13 +158,11 @@ def _launch_recurrence(cuda, problem, kernel, role, args_before_flag, tile, thre
             raise
         cause = f"{type(exc).__name__}: {exc}"
     # the opt-in or the launch with it failed (an untested driver/binding combination):
-    # plan again within 48 KB, W_hh in global memory
+    # plan again within 48 KB (W_hh in global memory, a smaller tile where needed)
     warnings.warn(f"{label}: the shared-memory opt-in failed ({cause}); planning within "
                   f"{limits.shared_per_block:,} B", RuntimeWarning, stacklevel=3)
-    shared = plan(figures.static_shared, replace(limits, opt_in=False))
-    kernel[grid, threads, 0, shared.dynamic](*args_before_flag, shared.w_in_shared)
-    return shared
-    return shared
+    return _launch_recurrence(cuda, problem, role, args_before_flag, tile, threads, n_nets,
+                              replace(limits, opt_in=False))
 
 
 def _launch_common(kernel, name, grid, block, args, threads, limits):
@@ -229,12 +234,12 @@ def _params_to_device(cuda, params, nets):
     return d_params
 
 
-def _run_forward(cuda, problem, kernels, d_params, d_x, n_nets, tile, threads, limits):
+def _run_forward(cuda, problem, d_params, d_x, n_nets, tile, threads, limits):
     """Forward recurrence of one chunk; returns the device activations by name."""
     module = _cell_module(problem.cell)
     acts = {name: cuda.device_array((n_nets, *shape), dtype=problem.dtype)
             for name, shape in module.activation_shapes(problem.B, problem.T, problem.H).items()}
-    _launch_recurrence(cuda, problem, kernels["forward"], "forward", module.forward_args(d_params, d_x, acts),
+    _launch_recurrence(cuda, problem, "forward", module.forward_args(d_params, d_x, acts),
                        tile, threads, n_nets, limits)
     return acts
 
@@ -252,11 +257,10 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
     h_offset = 1 if every else T  # output step j reads h_{j + h_offset}
     hh_rows = module.recurrent_only_rows(H)  # empty where the biases fold
     grids = gpu_launch.common_grids(n, B, steps, H, D, G * H, K, threads, limits, _rows_count(hh_rows))
-    kernels = _cell_kernels(problem.cell, problem.dtype.name, tile, threads)
     common = _common_kernels(threads)
     d_params = _params_to_device(cuda, params, nets)
     d_x = cuda.to_device(inputs[nets])
-    acts = _run_forward(cuda, problem, kernels, d_params, d_x, n, tile, threads, limits)
+    acts = _run_forward(cuda, problem, d_params, d_x, n, tile, threads, limits)
 
     if injected:
         # dL/dh_1..dL/dh_T in place of the logits' gradient, and a readout with no rows
@@ -276,7 +280,7 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
              if _rows_count(hh_rows) else None)  # the recurrent-side rows that differ
     da_scale = cuda.device_array((n, B, T), dtype=np.float64)
     profiles = {state: cuda.device_array((n, B, T + 1), dtype=np.float64) for state in cell.state}
-    _launch_recurrence(cuda, problem, kernels["backward"], "backward",
+    _launch_recurrence(cuda, problem, "backward",
                        module.backward_args(d_params, acts, dlogits, every, da, da_hh, da_scale, profiles),
                        tile, threads, n, limits)
 
@@ -375,12 +379,11 @@ def forward(problem, params, inputs):
     threads, tile = _launch_config()
     limits = _limits(cuda)
     size = _networks_per_chunk(cuda, problem, False, limits)
-    kernels = _cell_kernels(problem.cell, problem.dtype.name, tile, threads)
     out = {k: np.empty((problem.E, problem.B, problem.T, problem.H), dtype=problem.dtype)
            for k in cells.get(problem.cell).state}
     for nets in _chunks(problem.E, size):
         d_params = _params_to_device(cuda, params, nets)
-        acts = _run_forward(cuda, problem, kernels, d_params, cuda.to_device(inputs[nets]),
+        acts = _run_forward(cuda, problem, d_params, cuda.to_device(inputs[nets]),
                             nets.stop - nets.start, tile, threads, limits)
         for k in out:
             out[k][nets] = acts[k].copy_to_host()[:, :, 1:]

@@ -209,6 +209,19 @@ def recurrence_plan(module, role, dtype, tile, threads, H, static, limits=SM90, 
                        dynamic, static, limits, smaller_tile=smaller_tile)
 
 
+def fitting_tile(module, role, dtype, tile, threads, H, limits=SM90):
+    """Sequences per block for a cell's ``role`` kernel: ``tile`` (the configured one)
+    where its block fits the shared memory of ``limits`` with W_hh in shared or in global
+    memory, else the largest smaller tile that fits with W_hh in global memory; ``tile``
+    itself where none fits (its :func:`recurrence_plan` then refuses, naming the sizes).
+    Everything these kernels keep in shared memory is dynamic, so this needs no compile."""
+    limit = limits.shared_optin if limits.opt_in else limits.shared_per_block
+    for candidate in range(tile, 0, -1):
+        if module.dynamic_shared_bytes(role, dtype, candidate, threads, H, False) <= limit:
+            return candidate
+    return tile
+
+
 def _check_grid(label, grid, limits, hint="use fewer networks or sequences per call"):
     for axis, (n, most) in enumerate(zip(grid, limits.grid)):
         if n > most:
