@@ -236,9 +236,12 @@ def benchmark(shape, repeats, small, names):
             params, inputs, targets = problem(cell, dtype, loss="last", **shape)
             row = dict(name=f"{cell} {np.dtype(dtype).name}", bmm=nan, cudnn=nan, jax=nan, jax_err=nan,
                        flop=step_flops(cell, shape), ceiling=CEILING_TFLOPS[dtype])
-            row["ours"] = median_time(lambda: rnnsim.gradients(cell, params, inputs, targets, device="cuda"),
-                                      repeats)
+            def ours():
+                return rnnsim.gradients(cell, params, inputs, targets, device="cuda")
+
+            row["ours"] = median_time(ours, repeats)
             row["fwd"] = median_time(lambda: rnnsim.forward(cell, params, inputs, device="cuda"), repeats)
+            row["stages"] = stage_seconds(ours)
             if torch is not None:
                 for_torch = (torch, cell, dtype, shape, baseline_device)
                 row["bmm"] = median_time(torch_distinct(*for_torch), repeats, sync)
@@ -247,8 +250,7 @@ def benchmark(shape, repeats, small, names):
                 from bench_cpu import jax_baseline, jax_error
                 run, check = jax_baseline(cell, params, inputs, targets)
                 row["jax"] = median_time(run, repeats)
-                ours = rnnsim.gradients(cell, params, inputs, targets, device="cuda")
-                row["jax_err"] = jax_error(check, ours)
+                row["jax_err"] = jax_error(check, ours())
             rows.append(row)
             print(f"  {row['name']}: rnnsim {1e3 * row['ours']:.2f} ms, bmm {1e3 * row['bmm']:.2f} ms, "
                   f"cuDNN {1e3 * row['cudnn']:.2f} ms, JAX {1e3 * row['jax']:.2f} ms", flush=True)
@@ -261,6 +263,34 @@ def benchmark(shape, repeats, small, names):
               f"{1e3 * r['bmm']:7.2f}ms {1e3 * r['cudnn']:7.2f}ms "
               f"{1e3 * r['jax']:7.2f}ms {r['bmm'] / r['ours']:6.2f}x {r['cudnn'] / r['ours']:6.2f}x "
               f"{r['jax'] / r['ours']:6.2f}x {r['jax_err']:8.1e}")
+    print_stages(rows)
+
+
+def stage_seconds(call, repeats=3):
+    """Median seconds per stage of ``call`` (config.GPU_STAGE_SECONDS), and "host" for the
+    rest of the wall time: validation, allocation, the log-domain assembly."""
+    runs = []
+    for _ in range(repeats):
+        config.GPU_STAGE_SECONDS = {}
+        start = time.perf_counter()
+        call()
+        wall = time.perf_counter() - start
+        stages, config.GPU_STAGE_SECONDS = config.GPU_STAGE_SECONDS, None
+        stages["host"] = wall - sum(stages.values())
+        runs.append(stages)
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+
+
+def print_stages(rows):
+    """Where a call's time goes (synchronised stages), and the kernels' own FLOP rate."""
+    names = list(rows[0]["stages"])
+    print("\nstages of one rnnsim.gradients call, ms (synchronised; median of 3):")
+    print(f"{'':13s} " + " ".join(f"{n[:14]:>14s}" for n in names) + f" {'kernels TFLOP/s':>16s}")
+    for r in rows:
+        kernels = sum(v for k, v in r["stages"].items() if "kernel" in k or "GEMM" in k)
+        rate = r["flop"] / kernels / 1e12
+        print(f"{r['name']:13s} " + " ".join(f"{1e3 * r['stages'].get(n, 0.0):14.2f}" for n in names)
+              + f" {rate:8.2f} ({100 * rate / r['ceiling']:3.0f}%)")
 
 
 def time_default_sweep(small):

@@ -30,6 +30,10 @@ CPU_WEIGHT_GRADIENT_ROWS = 1024
 # W_hh-in-global fallback. Every launch is checked against the device's own limits too
 # (rnnsim.kernels.gpu_launch).
 GPU_MAX_SHARED_BYTES = None
+# Where a GPU call's time goes: a dict here makes rnnsim.kernels.gpu synchronise the
+# device around each stage (host-to-device copies, each kernel, device-to-host copies)
+# and add its seconds under the stage's name. None (the default): no synchronisation.
+GPU_STAGE_SECONDS = None
 # Device bytes one ensemble chunk may use; None = GPU_MEMORY_FRACTION of free memory.
 # Tests lower it so that a small ensemble is processed in several chunks.
 GPU_MEMORY_BUDGET_BYTES = None

@@ -22,7 +22,9 @@ needs neither a GPU nor the CUDA libraries.
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import time
 import warnings
 from dataclasses import replace
 from functools import lru_cache
@@ -226,6 +228,21 @@ def _chunks(E, size):
 # ----------------------------------------------------------------------------------
 # private host driver
 # ----------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _stage(cuda, name):
+    """Add the seconds of this stage to ``config.GPU_STAGE_SECONDS[name]`` when that is a
+    dict, synchronising the device before and after; nothing otherwise."""
+    seconds = config.GPU_STAGE_SECONDS
+    if seconds is None:
+        yield
+        return
+    cuda.synchronize()
+    start = time.perf_counter()
+    yield
+    cuda.synchronize()
+    seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - start
+
+
 def _params_to_device(cuda, params, nets):
     """The chunk's parameters on the device, plus W_hh transposed for the forward kernels."""
     d_params = {k: cuda.to_device(v[nets]) for k, v in params.items()}
@@ -239,8 +256,9 @@ def _run_forward(cuda, problem, d_params, d_x, n_nets, tile, threads, limits):
     module = _cell_module(problem.cell)
     acts = {name: cuda.device_array((n_nets, *shape), dtype=problem.dtype)
             for name, shape in module.activation_shapes(problem.B, problem.T, problem.H).items()}
-    _launch_recurrence(cuda, problem, "forward", module.forward_args(d_params, d_x, acts),
-                       tile, threads, n_nets, limits)
+    with _stage(cuda, "forward kernel"):
+        _launch_recurrence(cuda, problem, "forward", module.forward_args(d_params, d_x, acts),
+                           tile, threads, n_nets, limits)
     return acts
 
 
@@ -258,70 +276,82 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
     hh_rows = module.recurrent_only_rows(H)  # empty where the biases fold
     grids = gpu_launch.common_grids(n, B, steps, H, D, G * H, K, threads, limits, _rows_count(hh_rows))
     common = _common_kernels(threads)
-    d_params = _params_to_device(cuda, params, nets)
-    d_x = cuda.to_device(inputs[nets])
+    with _stage(cuda, "to device"):
+        d_params = _params_to_device(cuda, params, nets)
+        d_x = cuda.to_device(inputs[nets])
+        if injected:
+            # dL/dh_1..dL/dh_T in place of the logits' gradient, and a readout with no rows
+            # (K = 0), which tells the backward's local_term to read them as they are
+            dlogits = cuda.to_device(np.ascontiguousarray(adjoints[nets, :, 1:], dtype=problem.dtype))
+            d_readout = dict(d_params, weight_out=cuda.device_array((n, 0, H), dtype=problem.dtype))
+        else:
+            d_targets = cuda.to_device(np.ascontiguousarray(targets[nets].reshape(n, B, steps)))
     acts = _run_forward(cuda, problem, d_params, d_x, n, tile, threads, limits)
 
-    if injected:
-        # dL/dh_1..dL/dh_T in place of the logits' gradient, and a readout with no rows
-        # (K = 0), which tells the backward's local_term to read them as they are
-        dlogits = cuda.to_device(np.ascontiguousarray(adjoints[nets, :, 1:], dtype=problem.dtype))
-        d_params = dict(d_params, weight_out=cuda.device_array((n, 0, H), dtype=problem.dtype))
-    else:
-        d_targets = cuda.to_device(np.ascontiguousarray(targets[nets].reshape(n, B, steps)))
+    if not injected:
+        d_readout = d_params
         dlogits = cuda.device_array((n, B, steps, K), dtype=problem.dtype)
         ce_partial = cuda.device_array((n, grids.output_layer[0]), dtype=np.float64)
-        _launch_common(common["output_layer"], "output_layer", grids.output_layer, threads,
-                       (d_params["weight_out"], d_params["bias_out"], acts["h"], h_offset, d_targets,
-                        1.0 / (B * steps), dlogits, ce_partial), threads, limits)
+        with _stage(cuda, "output layer"):
+            _launch_common(common["output_layer"], "output_layer", grids.output_layer, threads,
+                           (d_params["weight_out"], d_params["bias_out"], acts["h"], h_offset, d_targets,
+                            1.0 / (B * steps), dlogits, ce_partial), threads, limits)
 
     da = cuda.device_array((n, B, T, G * H), dtype=problem.dtype)  # the input-side rows
     da_hh = (cuda.device_array((n, B, T, _rows_count(hh_rows)), dtype=problem.dtype)
              if _rows_count(hh_rows) else None)  # the recurrent-side rows that differ
     da_scale = cuda.device_array((n, B, T), dtype=np.float64)
     profiles = {state: cuda.device_array((n, B, T + 1), dtype=np.float64) for state in cell.state}
-    _launch_recurrence(cuda, problem, "backward",
-                       module.backward_args(d_params, acts, dlogits, every, da, da_hh, da_scale, profiles),
-                       tile, threads, n, limits)
+    with _stage(cuda, "backward kernel"):
+        args = module.backward_args(d_readout, acts, dlogits, every, da, da_hh, da_scale, profiles)
+        _launch_recurrence(cuda, problem, "backward", args, tile, threads, n, limits)
 
     top = cuda.device_array(n, dtype=np.float64)
     row_weight = cuda.device_array((n, B, T), dtype=np.float64)
-    _launch_common(common["scale_weights"], "scale_weights", grids.scale_weights, threads,
-                   (da_scale, log_weight_cutoff(problem.dtype), top, row_weight), threads, limits)
+    with _stage(cuda, "scale weights"):
+        _launch_common(common["scale_weights"], "scale_weights", grids.scale_weights, threads,
+                       (da_scale, log_weight_cutoff(problem.dtype), top, row_weight), threads, limits)
 
-    block = (gpu_common.GEMM_THREADS, gpu_common.GEMM_THREADS)
+    def gemm(grid, *args):
+        block = (gpu_common.GEMM_THREADS, gpu_common.GEMM_THREADS)
+        _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grid, block, args, threads,
+                       limits)
+
     rec = cuda.device_array((n, G * H, H + D + 1), dtype=np.float64)
-    _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grids.gemm_recurrent, block,
-                   (da, row_weight, True, acts["h"], 0, d_x, True, rec), threads, limits)
-    if da_hh is not None:  # (h_{t-1}, 1) columns only: these rows belong to W_hh and b_hh
-        rec_hh = cuda.device_array((n, _rows_count(hh_rows), H + 1), dtype=np.float64)
-        _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grids.gemm_recurrent_hh,
-                       block, (da_hh, row_weight, True, acts["h"], 0, d_x, False, rec_hh), threads, limits)
-    rec_host = rec.copy_to_host()
-    result = {
-        "weight_hh_l0": rec_host[:, :, :H],
-        "weight_ih_l0": rec_host[:, :, H:H + D],
-        "bias_ih_l0": rec_host[:, :, H + D],
-        "log_scale": top.copy_to_host(),
-    }
-    if not injected:
-        outw = cuda.device_array((n, K, H + 1), dtype=np.float64)
-        _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grids.gemm_output, block,
-                       (dlogits, row_weight, False, acts["h"], h_offset, d_x, False, outw), threads, limits)
-        outw_host = outw.copy_to_host()
-        result.update(weight_out=outw_host[:, :, :H], bias_out=outw_host[:, :, H],
-                      loss=ce_partial.copy_to_host().sum(axis=1) / (B * steps))
-    if not cell.folded_bias:  # else bias_hh_l0 is left to rnnsim.logdomain.tie_biases (identity 4)
-        result["bias_hh_l0"] = rec_host[:, :, H + D].copy()
-    if da_hh is not None:  # the rows whose recurrent-side adjoints differ
-        hh_host = rec_hh.copy_to_host()
-        result["weight_hh_l0"] = rec_host[:, :, :H].copy()
-        result["weight_hh_l0"][:, hh_rows] = hh_host[:, :, :H]
-        result["bias_hh_l0"][:, hh_rows] = hh_host[:, :, H]
-    for state, key in cell.profile_keys().items():
-        result[key] = profiles[state].copy_to_host()
-    # h_T of every sequence: a strided slice of the states, so the whole copy comes back once
-    result["h_last"] = acts["h"].copy_to_host()[:, :, T]
+    with _stage(cuda, "weight-gradient GEMMs"):
+        gemm(grids.gemm_recurrent, da, row_weight, True, acts["h"], 0, d_x, True, rec)
+        if da_hh is not None:  # (h_{t-1}, 1) columns only: these rows belong to W_hh and b_hh
+            rec_hh = cuda.device_array((n, _rows_count(hh_rows), H + 1), dtype=np.float64)
+            gemm(grids.gemm_recurrent_hh, da_hh, row_weight, True, acts["h"], 0, d_x, False, rec_hh)
+        if not injected:
+            outw = cuda.device_array((n, K, H + 1), dtype=np.float64)
+            gemm(grids.gemm_output, dlogits, row_weight, False, acts["h"], h_offset, d_x, False, outw)
+        # h_T of every sequence, gathered on the device: the states' whole copy would be
+        # (T + 1) times larger (it was most of a call's time on an H200)
+        h_last = cuda.device_array((n, B, H), dtype=problem.dtype)
+        h_last[:] = acts["h"][:, :, T]
+    with _stage(cuda, "to host"):
+        rec_host = rec.copy_to_host()
+        result = {
+            "weight_hh_l0": rec_host[:, :, :H],
+            "weight_ih_l0": rec_host[:, :, H:H + D],
+            "bias_ih_l0": rec_host[:, :, H + D],
+            "log_scale": top.copy_to_host(),
+        }
+        if not injected:
+            outw_host = outw.copy_to_host()
+            result.update(weight_out=outw_host[:, :, :H], bias_out=outw_host[:, :, H],
+                          loss=ce_partial.copy_to_host().sum(axis=1) / (B * steps))
+        if not cell.folded_bias:  # else bias_hh_l0 is left to rnnsim.logdomain.tie_biases (identity 4)
+            result["bias_hh_l0"] = rec_host[:, :, H + D].copy()
+        if da_hh is not None:  # the rows whose recurrent-side adjoints differ
+            hh_host = rec_hh.copy_to_host()
+            result["weight_hh_l0"] = rec_host[:, :, :H].copy()
+            result["weight_hh_l0"][:, hh_rows] = hh_host[:, :, :H]
+            result["bias_hh_l0"][:, hh_rows] = hh_host[:, :, H]
+        for state, key in cell.profile_keys().items():
+            result[key] = profiles[state].copy_to_host()
+        result["h_last"] = h_last.copy_to_host()
     return result
 
 
@@ -379,12 +409,16 @@ def forward(problem, params, inputs):
     threads, tile = _launch_config()
     limits = _limits(cuda)
     size = _networks_per_chunk(cuda, problem, False, limits)
-    out = {k: np.empty((problem.E, problem.B, problem.T, problem.H), dtype=problem.dtype)
-           for k in cells.get(problem.cell).state}
+    # the device's states hold h_0 too: they are copied whole into these, then viewed
+    # without it (a second host copy of every state would cost as much as the transfer)
+    states = {k: np.empty((problem.E, problem.B, problem.T + 1, problem.H), dtype=problem.dtype)
+              for k in cells.get(problem.cell).state}
     for nets in _chunks(problem.E, size):
-        d_params = _params_to_device(cuda, params, nets)
-        acts = _run_forward(cuda, problem, d_params, cuda.to_device(inputs[nets]),
-                            nets.stop - nets.start, tile, threads, limits)
-        for k in out:
-            out[k][nets] = acts[k].copy_to_host()[:, :, 1:]
-    return out
+        with _stage(cuda, "to device"):
+            d_params = _params_to_device(cuda, params, nets)
+            d_x = cuda.to_device(inputs[nets])
+        acts = _run_forward(cuda, problem, d_params, d_x, nets.stop - nets.start, tile, threads, limits)
+        with _stage(cuda, "to host"):
+            for k in states:
+                acts[k].copy_to_host(states[k][nets])
+    return {k: v[:, :, 1:] for k, v in states.items()}
