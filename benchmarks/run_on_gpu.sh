@@ -23,6 +23,7 @@ unset NUMBA_ENABLE_CUDASIM
 PY="${PYTHON:-python3}"
 PHASE1_LIMIT="${PHASE1_LIMIT:-240}"
 PHASE2_LIMIT="${PHASE2_LIMIT:-180}"  # SANITIZE=0 skips compute-sanitizer (a rerun)
+GPU_TESTS="${GPU_TESTS:-tests/test_gpu_ptx.py tests/test_gpu_launch.py tests/test_gpu_sim.py}"
 {
   echo "== $(date -u +%FT%TZ)"; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv 2>&1
   "$PY" -c "import sys, numpy, numba, numba.cuda, torch; print(sys.version.split()[0], 'numpy', numpy.__version__, 'numba', numba.__version__, 'torch', torch.__version__)"
@@ -35,8 +36,8 @@ SANITIZER="$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-san
 (
   if "$PY" -c "import pytest" 2>/dev/null; then
     workers=""; "$PY" -c "import xdist" 2>/dev/null && workers="-n 4"
-    timeout "$PHASE1_LIMIT" "$PY" -m pytest -q -p no:cacheprovider $workers -m "not slow" tests/test_gpu_ptx.py \
-      tests/test_gpu_launch.py tests/test_gpu_sim.py > "$OUT/pytest_gpu.txt" 2>&1
+    timeout "$PHASE1_LIMIT" "$PY" -m pytest -q -p no:cacheprovider $workers -m "not slow" $GPU_TESTS \
+      > "$OUT/pytest_gpu.txt" 2>&1
     echo "exit $?" >> "$OUT/pytest_gpu.txt"
   else
     echo "pytest is not installed on this machine: GPU tests skipped; exit 1" > "$OUT/pytest_gpu.txt"
