@@ -153,6 +153,17 @@ def tie_biases(cell, mantissas):
     return mantissas
 
 
+def _times_exp(m, s):
+    """m * exp(s) for one network's mantissas where exp(s) is not a normal float64:
+    0 for s = -inf, +-inf for s = +inf, NaN for NaN (exact zeros stay 0)."""
+    if np.isnan(s):
+        return np.where(m == 0, 0.0, np.nan)
+    if np.isinf(s):
+        return np.zeros_like(m) if s < 0 else np.where(m == 0, 0.0, np.copysign(np.inf, m))
+    k = math.floor(s / math.log(2.0))
+    return np.ldexp(m * 2.0 ** (s / math.log(2.0) - k), max(-4096, min(4096, k)))
+
+
 def finalize(mantissas, log_scale, output_grads, dtype, clip=None):
     r"""Identity 3: log-domain recurrent gradients into plain arrays, safely.
 
@@ -182,7 +193,8 @@ def finalize(mantissas, log_scale, output_grads, dtype, clip=None):
     scale = np.asarray(log_scale, dtype=np.float64).reshape(E)
     sq_rec = np.zeros(E)
     for key in RECURRENT_KEYS:
-        sq_rec += np.sum(np.asarray(mantissas[key], dtype=np.float64).reshape(E, -1) ** 2, axis=1)
+        flat = np.asarray(mantissas[key], dtype=np.float64).reshape(E, -1)
+        sq_rec += np.einsum("ij,ij->i", flat, flat)  # no squared copy
     sq_out = np.zeros(E)
     for key in OUTPUT_KEYS:
         sq_out += np.sum(np.asarray(output_grads[key], dtype=np.float64).reshape(E, -1) ** 2, axis=1)
@@ -195,12 +207,20 @@ def finalize(mantissas, log_scale, output_grads, dtype, clip=None):
         clipped = log_norm > math.log(clip)
         factor = np.where(clipped, math.log(clip) - np.where(clipped, log_norm, 0.0), 0.0)
         scale = scale + factor
+    # Where exp(S) is a normal float64, M * exp(S) (two roundings; an entry beyond the
+    # range becomes +-inf). Elsewhere exp(S) = 2^k 2^r, r in [0, 1): M 2^r cannot
+    # overflow and ldexp applies 2^k exactly. Both replace exp(ln|M| + S), whose log and
+    # exp per entry were most of a GPU call's host time.
+    normal = np.abs(scale) < 700.0
+    by_multiply = np.exp(np.where(normal, scale, 0.0))
     for key in RECURRENT_KEYS:
         m = np.asarray(mantissas[key], dtype=np.float64)
-        s = scale.reshape((E,) + (1,) * (m.ndim - 1))
-        with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
-            mag = np.exp(np.log(np.abs(m)) + s)  # exp(-inf) = 0 for zero entries
-            out[key] = (np.sign(m) * np.where(m == 0, 0.0, mag)).astype(dtype)
+        shape = (E,) + (1,) * (m.ndim - 1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = m * by_multiply.reshape(shape)
+            for e in np.flatnonzero(~normal):
+                value[e] = _times_exp(m[e], scale[e])
+            out[key] = value.astype(dtype)
     for key in OUTPUT_KEYS:
         g = np.asarray(output_grads[key], dtype=np.float64)
         if factor is not None:

@@ -84,3 +84,29 @@ def test_group_sum_equals_the_plain_sum_per_group(group):
     values = np.random.default_rng(0).standard_normal((6, 2, 3))
     expected = np.stack([values[np.asarray(group) == g].sum(axis=0) for g in range(4)])
     np.testing.assert_allclose(logdomain.group_sum(values, np.array(group), 4), expected, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_finalize_equals_mantissa_times_exp_scale_at_every_scale(dtype):
+    """Identity 3 at log-scales inside and beyond exp's float64 range (|S| >= 700 takes the
+    ldexp path): within rounding of sign(M) exp(ln|M| + S), exact zeros stay 0, overflow
+    gives +-inf, S = -inf gives 0 and S = NaN gives NaN (but 0 for exact zeros)."""
+    rng = np.random.default_rng(3)
+    scale = np.array([0.0, -3.0, 88.0, 650.0, 699.9, 700.1, 709.5, 745.0, -700.5, -744.0, -np.inf, np.nan])
+    E = scale.size
+    mantissas = {key: rng.standard_normal((E, 4, 3)) for key in logdomain.RECURRENT_KEYS}
+    mantissas["weight_hh_l0"][:, 0, 0] = 0.0
+    grads = {"weight_out": rng.standard_normal((E, 2, 3)), "bias_out": rng.standard_normal((E, 2))}
+    out = logdomain.finalize({k: v.copy() for k, v in mantissas.items()}, scale, grads, dtype)
+    for key, m in mantissas.items():
+        with np.errstate(all="ignore"):
+            want = (np.sign(m) * np.where(m == 0, 0.0, np.exp(np.log(np.abs(m)) + scale[:, None, None])))
+            want = want.astype(dtype)
+        got = out[key]
+        assert got.dtype == dtype
+        assert np.array_equal(np.isnan(got), np.isnan(want)) and np.isnan(got[-1][m[-1] != 0]).all()
+        assert np.array_equal(np.isinf(got), np.isinf(want)) and np.array_equal(got == 0, want == 0)
+        finite = np.isfinite(want) & (np.abs(want) >= np.finfo(dtype).tiny)
+        rtol = 1e-12 if dtype == np.float64 else 1e-6  # exp(ln|M| + S) itself rounds at |S| ~ 700
+        np.testing.assert_allclose(got[finite], want[finite], rtol=rtol, atol=0)
+    assert (out["weight_hh_l0"][:-1, 0, 0] == 0).all()
