@@ -34,10 +34,6 @@ GPU_MAX_SHARED_BYTES = None
 # device around each stage (host-to-device copies, each kernel, device-to-host copies)
 # and add its seconds under the stage's name. None (the default): no synchronisation.
 GPU_STAGE_SECONDS = None
-# Keep the device buffers of a thread's last GPU call for its next call of the same
-# sizes (rnnsim.kernels.gpu_buffers; allocating them cost more than the kernels on an
-# H200). rnnsim.kernels.gpu_buffers.release() frees them; False frees them after each call.
-GPU_REUSE_BUFFERS = True
 # Device bytes one ensemble chunk may use; None = GPU_MEMORY_FRACTION of free memory.
 # Tests lower it so that a small ensemble is processed in several chunks.
 GPU_MEMORY_BUDGET_BYTES = None

@@ -21,7 +21,7 @@ import pytest
 
 from rnnsim import cells, config, forward, gradients, init_params, logdomain, losses, reference
 from rnnsim._validate import check_problem
-from rnnsim.kernels import gpu, gpu_buffers, gpu_launch
+from rnnsim.kernels import gpu, gpu_launch
 
 from helpers import assert_outputs_close, make_mask, make_problem
 
@@ -134,46 +134,19 @@ def test_a_tile_too_large_for_shared_memory_runs_as_smaller_tiles(cell, monkeypa
     assert 1 in tiles and set(tiles) <= {1, 2}
 
 
-def test_buffers_are_reused_by_calls_of_the_same_sizes_and_replaced_otherwise():
-    """gpu_buffers: a second call of the same sizes runs in the first call's device
-    buffers (allocating them cost more than the kernels on an H200) and computes its
-    own data's gradients in them; other sizes free them and get their own."""
-    workspace = gpu_buffers.workspace()
-    gpu_buffers.release()
-    compare("lstm", "every", np.float64, E=2, B=3, T=4, D=2, H=5, K=3)
-    first = {name: id(buf) for name, buf in workspace.buffers.items()}
-    assert {"da", "state h", "state c", "inputs", "weight_hh_l0"} <= set(first)
-    params, inputs, targets = make_problem("lstm", 2, 3, 4, 2, 5, 3, loss="every", seed=5)
-    got = gradients("lstm", params, inputs, targets, loss="every", device="cuda")
-    assert {name: id(buf) for name, buf in workspace.buffers.items()} == first
-    assert_outputs_close(got, reference.gradients("lstm", params, inputs, targets, loss="every"), np.float64)
-    compare("lstm", "every", np.float64, E=2, B=3, T=6, D=2, H=5, K=3)  # another T
-    assert workspace.buffers["da"].shape == (2, 3, 6, 20) and id(workspace.buffers["da"]) != first["da"]
-    gpu_buffers.release()
-    assert workspace.buffers == {} and workspace.key is None
-
-
-def test_without_reuse_no_buffer_is_kept(monkeypatch):
-    monkeypatch.setattr(config, "GPU_REUSE_BUFFERS", False)
-    compare("rnn", "last", np.float32, E=2, B=3, T=4, D=2, H=5, K=3)
-    assert gpu_buffers.workspace().buffers == {}
-
-
 @pytest.mark.parametrize("cell", CELLS)
 def test_ensemble_split_into_chunks(cell, monkeypatch):
     E = 3
     params, inputs, targets = make_problem(cell, E=E, B=2, T=3, D=2, H=3, K=2)
     problem = check_problem(cell, params, inputs, targets, "last")[0]
     per_network = gpu._bytes_per_network(problem, with_gradients=True)
-    # two networks per chunk: the last chunk runs in the first rows of the kept buffers
-    monkeypatch.setattr(config, "GPU_MEMORY_BUDGET_BYTES", 2 * per_network)
+    monkeypatch.setattr(config, "GPU_MEMORY_BUDGET_BYTES", per_network)  # one network per chunk
     launches = []
     original = gpu._chunk_gradients
     monkeypatch.setattr(gpu, "_chunk_gradients",
                         lambda *a: launches.append(a[5]) or original(*a))
     got = gradients(cell, params, inputs, targets, device="cuda")
-    assert [(s.start, s.stop) for s in launches] == [(0, 2), (2, 3)]
-    assert gpu_buffers.workspace().buffers["da"].shape[0] == 2
+    assert [(s.start, s.stop) for s in launches] == [(0, 1), (1, 2), (2, 3)]
     want = gradients(cell, params, inputs, targets, device="cpu")
     assert_outputs_close(got, want, np.float64)
     assert_outputs_close(got, reference.gradients(cell, params, inputs, targets), np.float64)

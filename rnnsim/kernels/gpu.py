@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import cells, config
 from ..logdomain import log_weight_cutoff
-from . import _cuda, gpu_buffers, gpu_common, gpu_launch
+from . import _cuda, gpu_common, gpu_launch
 
 
 # ----------------------------------------------------------------------------------
@@ -215,20 +215,6 @@ def _networks_per_chunk(cuda, problem, with_gradients, limits, injected=False):
     return min(size, gpu_launch.networks_per_launch(limits))
 
 
-def _chunk_size(cuda, problem, with_gradients, limits, threads, tile, injected=False):
-    """Networks per chunk: the last call's plan, with its device buffers
-    (:mod:`rnnsim.kernels.gpu_buffers`), where its sizes and settings were the same;
-    else those buffers are freed first and the plan is made from the free memory."""
-    key = (problem, with_gradients, injected, threads, tile, config.GPU_MEMORY_BUDGET_BYTES,
-           config.GPU_MEMORY_FRACTION, config.GPU_MAX_SHARED_BYTES)
-    workspace = gpu_buffers.workspace()
-    size = workspace.begin(key)
-    if size is None:
-        size = _networks_per_chunk(cuda, problem, with_gradients, limits, injected)
-        workspace.planned(size)
-    return size
-
-
 def _rows_count(rows):
     """The number of rows in a ``recurrent_only_rows`` slice."""
     return rows.stop - rows.start
@@ -259,17 +245,16 @@ def _stage(cuda, name):
 
 def _params_to_device(cuda, params, nets):
     """The chunk's parameters on the device, plus W_hh transposed for the forward kernels."""
-    upload = gpu_buffers.workspace().upload
-    d_params = {k: upload(cuda, k, v[nets]) for k, v in params.items()}
-    d_params["weight_hh_t"] = upload(cuda, "weight_hh_t", params["weight_hh_l0"][nets].transpose(0, 2, 1))
+    d_params = {k: cuda.to_device(v[nets]) for k, v in params.items()}
+    d_params["weight_hh_t"] = cuda.to_device(
+        np.ascontiguousarray(params["weight_hh_l0"][nets].transpose(0, 2, 1)))
     return d_params
 
 
 def _run_forward(cuda, problem, d_params, d_x, n_nets, tile, threads, limits):
     """Forward recurrence of one chunk; returns the device activations by name."""
     module = _cell_module(problem.cell)
-    empty = gpu_buffers.workspace().empty
-    acts = {name: empty(cuda, f"state {name}", (n_nets, *shape), problem.dtype)
+    acts = {name: cuda.device_array((n_nets, *shape), dtype=problem.dtype)
             for name, shape in module.activation_shapes(problem.B, problem.T, problem.H).items()}
     with _stage(cuda, "forward kernel"):
         _launch_recurrence(cuda, problem, "forward", module.forward_args(d_params, d_x, acts),
@@ -291,39 +276,38 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
     hh_rows = module.recurrent_only_rows(H)  # empty where the biases fold
     grids = gpu_launch.common_grids(n, B, steps, H, D, G * H, K, threads, limits, _rows_count(hh_rows))
     common = _common_kernels(threads)
-    upload, empty = gpu_buffers.workspace().upload, gpu_buffers.workspace().empty
     with _stage(cuda, "to device"):
         d_params = _params_to_device(cuda, params, nets)
-        d_x = upload(cuda, "inputs", inputs[nets])
+        d_x = cuda.to_device(inputs[nets])
         if injected:
             # dL/dh_1..dL/dh_T in place of the logits' gradient, and a readout with no rows
             # (K = 0), which tells the backward's local_term to read them as they are
-            dlogits = upload(cuda, "dlogits", adjoints[nets, :, 1:].astype(problem.dtype, copy=False))
-            d_readout = dict(d_params, weight_out=empty(cuda, "no readout", (n, 0, H), problem.dtype))
+            dlogits = cuda.to_device(np.ascontiguousarray(adjoints[nets, :, 1:], dtype=problem.dtype))
+            d_readout = dict(d_params, weight_out=cuda.device_array((n, 0, H), dtype=problem.dtype))
         else:
-            d_targets = upload(cuda, "targets", targets[nets].reshape(n, B, steps))
+            d_targets = cuda.to_device(np.ascontiguousarray(targets[nets].reshape(n, B, steps)))
     acts = _run_forward(cuda, problem, d_params, d_x, n, tile, threads, limits)
 
     if not injected:
         d_readout = d_params
-        dlogits = empty(cuda, "dlogits", (n, B, steps, K), problem.dtype)
-        ce_partial = empty(cuda, "ce_partial", (n, grids.output_layer[0]), np.float64)
+        dlogits = cuda.device_array((n, B, steps, K), dtype=problem.dtype)
+        ce_partial = cuda.device_array((n, grids.output_layer[0]), dtype=np.float64)
         with _stage(cuda, "output layer"):
             _launch_common(common["output_layer"], "output_layer", grids.output_layer, threads,
                            (d_params["weight_out"], d_params["bias_out"], acts["h"], h_offset, d_targets,
                             1.0 / (B * steps), dlogits, ce_partial), threads, limits)
 
-    da = empty(cuda, "da", (n, B, T, G * H), problem.dtype)  # the input-side rows
-    da_hh = (empty(cuda, "da_hh", (n, B, T, _rows_count(hh_rows)), problem.dtype)
+    da = cuda.device_array((n, B, T, G * H), dtype=problem.dtype)  # the input-side rows
+    da_hh = (cuda.device_array((n, B, T, _rows_count(hh_rows)), dtype=problem.dtype)
              if _rows_count(hh_rows) else None)  # the recurrent-side rows that differ
-    da_scale = empty(cuda, "da_scale", (n, B, T), np.float64)
-    profiles = {state: empty(cuda, f"profile {state}", (n, B, T + 1), np.float64) for state in cell.state}
+    da_scale = cuda.device_array((n, B, T), dtype=np.float64)
+    profiles = {state: cuda.device_array((n, B, T + 1), dtype=np.float64) for state in cell.state}
     with _stage(cuda, "backward kernel"):
         args = module.backward_args(d_readout, acts, dlogits, every, da, da_hh, da_scale, profiles)
         _launch_recurrence(cuda, problem, "backward", args, tile, threads, n, limits)
 
-    top = empty(cuda, "top", (n,), np.float64)
-    row_weight = empty(cuda, "row_weight", (n, B, T), np.float64)
+    top = cuda.device_array(n, dtype=np.float64)
+    row_weight = cuda.device_array((n, B, T), dtype=np.float64)
     with _stage(cuda, "scale weights"):
         _launch_common(common["scale_weights"], "scale_weights", grids.scale_weights, threads,
                        (da_scale, log_weight_cutoff(problem.dtype), top, row_weight), threads, limits)
@@ -333,18 +317,18 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
         _launch_common(common["weight_gradient_gemm"], "weight_gradient_gemm", grid, block, args, threads,
                        limits)
 
-    rec = empty(cuda, "rec", (n, G * H, H + D + 1), np.float64)
+    rec = cuda.device_array((n, G * H, H + D + 1), dtype=np.float64)
     with _stage(cuda, "weight-gradient GEMMs"):
         gemm(grids.gemm_recurrent, da, row_weight, True, acts["h"], 0, d_x, True, rec)
         if da_hh is not None:  # (h_{t-1}, 1) columns only: these rows belong to W_hh and b_hh
-            rec_hh = empty(cuda, "rec_hh", (n, _rows_count(hh_rows), H + 1), np.float64)
+            rec_hh = cuda.device_array((n, _rows_count(hh_rows), H + 1), dtype=np.float64)
             gemm(grids.gemm_recurrent_hh, da_hh, row_weight, True, acts["h"], 0, d_x, False, rec_hh)
         if not injected:
-            outw = empty(cuda, "outw", (n, K, H + 1), np.float64)
+            outw = cuda.device_array((n, K, H + 1), dtype=np.float64)
             gemm(grids.gemm_output, dlogits, row_weight, False, acts["h"], h_offset, d_x, False, outw)
         # h_T of every sequence, gathered on the device: the states' whole copy would be
         # (T + 1) times larger (it was most of a call's time on an H200)
-        h_last = empty(cuda, "h_last", (n, B, H), problem.dtype)
+        h_last = cuda.device_array((n, B, H), dtype=problem.dtype)
         h_last[:] = acts["h"][:, :, T]
     with _stage(cuda, "to host"):
         rec_host = rec.copy_to_host()
@@ -408,7 +392,7 @@ def gradients(problem, params, inputs, targets, adjoints=None):
     cuda = _require_gpu()
     threads, tile = _launch_config()
     limits = _limits(cuda)
-    size = _chunk_size(cuda, problem, True, limits, threads, tile, adjoints is not None)
+    size = _networks_per_chunk(cuda, problem, True, limits, adjoints is not None)
     parts = [_chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads, limits, adjoints)
              for nets in _chunks(problem.E, size)]
     joined = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
@@ -424,7 +408,7 @@ def forward(problem, params, inputs):
     cuda = _require_gpu()
     threads, tile = _launch_config()
     limits = _limits(cuda)
-    size = _chunk_size(cuda, problem, False, limits, threads, tile)
+    size = _networks_per_chunk(cuda, problem, False, limits)
     # the device's states hold h_0 too: they are copied whole into these, then viewed
     # without it (a second host copy of every state would cost as much as the transfer)
     states = {k: np.empty((problem.E, problem.B, problem.T + 1, problem.H), dtype=problem.dtype)
@@ -432,7 +416,7 @@ def forward(problem, params, inputs):
     for nets in _chunks(problem.E, size):
         with _stage(cuda, "to device"):
             d_params = _params_to_device(cuda, params, nets)
-            d_x = gpu_buffers.workspace().upload(cuda, "inputs", inputs[nets])
+            d_x = cuda.to_device(inputs[nets])
         acts = _run_forward(cuda, problem, d_params, d_x, nets.stop - nets.start, tile, threads, limits)
         with _stage(cuda, "to host"):
             for k in states:
