@@ -326,11 +326,11 @@ def _chunk_gradients(cuda, problem, params, inputs, targets, nets, tile, threads
         if not injected:
             outw = cuda.device_array((n, K, H + 1), dtype=np.float64)
             gemm(grids.gemm_output, dlogits, row_weight, False, acts["h"], h_offset, d_x, False, outw)
+    with _stage(cuda, "to host"):
         # h_T of every sequence, gathered on the device: the states' whole copy would be
         # (T + 1) times larger (it was most of a call's time on an H200)
         h_last = cuda.device_array((n, B, H), dtype=problem.dtype)
         h_last[:] = acts["h"][:, :, T]
-    with _stage(cuda, "to host"):
         rec_host = rec.copy_to_host()
         result = {
             "weight_hh_l0": rec_host[:, :, :H],
