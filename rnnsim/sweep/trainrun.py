@@ -52,6 +52,7 @@ from .store import (
     _is_transient,
     atomic_write,
     locked_folder,
+    read_manifest,
     remove_stale_temps,
     write_json,
 )
@@ -322,14 +323,8 @@ def read_training(out) -> dict:
     """
     out = Path(out)
     path = out / MANIFEST
-    try:
-        manifest = json.loads(path.read_bytes())
-    except OSError as exc:
-        raise OSError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except ValueError as exc:
-        raise ValueError(f"{path} is not valid JSON: {' '.join(str(exc).split())}") from None
-    if (not isinstance(manifest, dict) or manifest.get("tool") != TOOL
-            or not isinstance(manifest.get("config"), dict)):
+    manifest = read_manifest(out)  # a JSON object with a "config" object, or one line naming the file
+    if manifest.get("tool") != TOOL:
         raise ValueError(f"{path} is not the manifest of an rnnsim train folder")
     try:
         settings = train_settings(manifest["config"])
