@@ -206,15 +206,9 @@ def step_flops(cell, shape):
 
 def baselines(small):
     """(torch, jax, device): the frameworks to time and where, or None where unavailable."""
-    try:
-        import torch
-    except ImportError:
-        torch = None
-    try:
-        import jax
-        jax.config.update("jax_enable_x64", True)  # float64 arrays stay float64
-    except ImportError:
-        jax = None
+    from bench_cpu import optional_baselines  # benchmarks/ is the script's folder, on sys.path
+
+    torch, jax = optional_baselines()
     if torch is not None and torch.cuda.is_available() and not _cuda.is_simulator():
         torch.backends.cudnn.benchmark = True
         return torch, jax, "cuda"
