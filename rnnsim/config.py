@@ -21,6 +21,12 @@ GPU_MEMORY_FRACTION = 0.6
 # parallelise over (network, sequence tile) pairs; a tile batches its sequences
 # so that each time step is one small matrix product.
 CPU_SEQUENCE_TILE = 32
+# Bytes of workspace that the CPU threads keep between calls, in all (each thread its
+# share): the activations of a work item come from its thread's workspace, so a repeated
+# call allocates, page-faults and zeroes nothing that grows with T. Work items that need
+# more than the share allocate the excess per call, as with 0 (keep nothing).
+# rnnsim.kernels.cpu.release_workspaces() frees what is kept.
+CPU_WORKSPACE_BYTES = 1 << 30
 # Rows ((step, sequence) pairs) per partial product of the CPU weight gradients: the
 # weighted factor Z of one block stays in cache and no buffer grows with T beyond the
 # activations BPTT keeps anyway. Any value >= 1 gives the same gradients up to rounding.

@@ -12,13 +12,17 @@ afterwards in the log domain (identity 2 of :mod:`rnnsim.logdomain`).
 
 Memory: the activations that BPTT keeps (see the forward kernels) live only while
 their item runs, so at most O(threads · tile · T · G·H) at once, plus the (E, B, T+1)
-log profiles; no chunking of the ensemble is needed on the CPU.
+log profiles; no chunking of the ensemble is needed on the CPU. They live in a
+workspace that each thread keeps across calls (up to ``config.CPU_WORKSPACE_BYTES`` in
+all; :func:`release_workspaces` frees it), so a repeated call allocates nothing that
+grows with T: no page faults, no zeroing of fresh pages by the kernel.
 """
 from __future__ import annotations
 
 import concurrent.futures
 import functools
 import math
+import threading
 
 import numpy as np
 from numba import get_num_threads
@@ -31,20 +35,87 @@ def _thread_pool(threads):
     return concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rnnsim")
 
 
-def _run_items(item_kernel, n_items, *args):
+_workspaces = threading.local()  # per thread: {(role, dtype): 1-D array}, see _workspace
+_workspace_lock = threading.Lock()
+_workspace_threads = []  # every thread's dict, for release_workspaces and workspace_bytes
+
+
+def _workspace(key):
+    """This thread's workspace for ``key`` = (role, dtype), 1-D; empty until kept."""
+    pools = getattr(_workspaces, "pools", None)
+    if pools is None:
+        pools = _workspaces.pools = {}
+        with _workspace_lock:
+            _workspace_threads.append(pools)
+    pool = pools.get(key)
+    return pool if pool is not None else np.empty(0, key[1])
+
+
+def _keep_workspace(key, n):
+    """Grow this thread's workspace ``key`` to ``n`` elements for the items that follow,
+    within the thread's share of ``config.CPU_WORKSPACE_BYTES`` (else it stays as it is
+    and the items allocate what is missing, as without a workspace)."""
+    share = max(0, int(config.CPU_WORKSPACE_BYTES)) // max(1, get_num_threads())
+    pools = _workspaces.pools
+    others = sum(pool.nbytes for other, pool in pools.items() if other != key)
+    itemsize = key[1].itemsize
+    if n * itemsize + others <= share:
+        pools[key] = None  # the old one goes first: never both at once
+        raw = np.empty(n + 64 // itemsize, key[1])  # numpy asks the OS for huge pages; numba does not
+        first = (-raw.ctypes.data % 64) // itemsize  # cpu_common.take keeps offsets 64-byte aligned
+        pools[key] = raw[first:first + n]
+
+
+def workspace_bytes():
+    """Bytes of the CPU workspaces that the threads keep between calls."""
+    with _workspace_lock:
+        return sum(pool.nbytes for pools in _workspace_threads for pool in list(pools.values())
+                   if pool is not None)
+
+
+def release_workspaces():
+    """Free the CPU workspaces that the threads keep between calls (the next call
+    allocates afresh and keeps them again)."""
+    with _workspace_lock:
+        for pools in _workspace_threads:
+            pools.clear()
+
+
+def _run_items(item_kernel, n_items, *args, dtype=None):
     """Run ``item_kernel(item, *args)`` for every item on ``numba.get_num_threads()`` threads.
 
     The item kernels are ``nogil`` @njit functions, so Python threads run them in
     parallel. This replaces a ``prange`` driver whose parfor alone took ~20 s to
     compile on first use (numba re-optimises every inlined callee inside it); each
     item writes only its own output slots, exactly as a prange body would.
+
+    With ``dtype``, the kernel is called as ``item_kernel(item, pool, pool64, cursors,
+    *args)``: the running thread's workspaces in ``dtype`` and in float64, and the
+    (n_items, 2) elements each item took from them
+    (:func:`rnnsim.kernels.cpu_common.take`), by which a short workspace grows.
     """
+    if dtype is None:
+        def run(item):
+            item_kernel(item, *args)
+    else:
+        # two roles, so that a float64 call's two workspaces never alias
+        keys = (("values", np.dtype(dtype)), ("scales", np.dtype(np.float64)))
+        cursors = np.zeros((n_items, 2), np.int64)
+
+        def run(item):
+            pools = [_workspace(key) for key in keys]
+            item_kernel(item, pools[0], pools[1], cursors, *args)
+            sizes = [pool.size for pool in pools]
+            del pools  # a short workspace is freed before its larger successor is made
+            for key, size, used in zip(keys, sizes, cursors[item]):
+                if used > size:
+                    _keep_workspace(key, int(used))
     threads = min(get_num_threads(), n_items)
     if threads <= 1:
         for item in range(n_items):
-            item_kernel(item, *args)
+            run(item)
         return
-    for _ in _thread_pool(threads).map(lambda item: item_kernel(item, *args), range(n_items)):
+    for _ in _thread_pool(threads).map(run, range(n_items)):
         pass  # re-raises the first exception of an item
 
 
@@ -118,7 +189,7 @@ def gradients(problem, params, inputs, targets, adjoints=None):
         _run_items(spec.kernels("cpu").gradients_item, n, loss_every, inputs, tgt, given, w_ih_t, w_hh_t,
                    params["weight_hh_l0"], params["bias_ih_l0"], params["bias_hh_l0"], params["weight_out"],
                    params["bias_out"], net, b0, b1, cutoff, block_rows, part_ih, part_hh, part_bih, part_bhh,
-                   part_scale, part_out, part_bout, part_loss, profiles, h_last)
+                   part_scale, part_out, part_bout, part_loss, profiles, h_last, dtype=dt)
     parts = {"weight_ih_l0": part_ih, "weight_hh_l0": part_hh, "bias_ih_l0": part_bih}
     if not spec.folded_bias:  # else bias_hh_l0 follows from the bias tie (logdomain.tie_biases)
         parts["bias_hh_l0"] = part_bhh
@@ -145,7 +216,7 @@ def forward(problem, params, inputs):
     states = np.empty((len(spec.state), problem.E, problem.B, problem.T, problem.H), problem.dtype)
     with _single_threaded_blas():
         _run_items(spec.kernels("cpu").forward_item, len(net), inputs, w_ih_t, w_hh_t, params["bias_ih_l0"],
-                   params["bias_hh_l0"], net, b0, b1, states)
+                   params["bias_hh_l0"], net, b0, b1, states, dtype=problem.dtype)
     return dict(zip(spec.state, states))
 
 

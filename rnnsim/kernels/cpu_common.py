@@ -44,11 +44,37 @@ def _typed(like, value):
     return impl
 
 
+# Elements per step of a workspace offset: 16 keeps every buffer 64-byte aligned in
+# float32 and float64 (rnnsim.kernels.cpu aligns each workspace's first element).
+WORKSPACE_ALIGN = 16
+
+
 @jit
-def gather_inputs(inputs, e, b0, nb):
-    """Network e's sequences b0..b0+nb-1 of ``inputs`` (E, B, T, D), time-major: (T, nb, D)."""
+def take(pool, cursor, n):
+    """The next ``n`` elements of a work item's workspace (1-D, C-contiguous).
+
+    ``pool`` is the running thread's workspace, kept by the driver across calls
+    (:mod:`rnnsim.kernels.cpu`), and ``cursor[0]`` the item's offset into it, advanced
+    by ``n``. When the pool is too short the elements are allocated afresh; the driver
+    reads the final offset and grows the pool for the items that follow. Buffers that
+    grow with T come from here, so a warm call allocates (and page-faults) nothing
+    that scales with T.
+    """
+    start = cursor[0]
+    # whole 64-byte lines (the driver aligns the pool's start): the vector loops and
+    # BLAS run on aligned rows, as on numba's own allocations
+    cursor[0] = start + (n + WORKSPACE_ALIGN - 1) // WORKSPACE_ALIGN * WORKSPACE_ALIGN
+    if start + n <= pool.shape[0]:
+        return pool[start:start + n]
+    return np.empty(n, pool.dtype)
+
+
+@jit
+def gather_inputs(inputs, e, b0, nb, pool, cursor):
+    """Network e's sequences b0..b0+nb-1 of ``inputs`` (E, B, T, D), time-major
+    (T, nb, D), in the workspace (see :func:`take`)."""
     T, D = inputs.shape[2], inputs.shape[3]
-    x = np.empty((T, nb, D), inputs.dtype)
+    x = take(pool, cursor, T * nb * D).reshape((T, nb, D))
     for b in range(nb):
         for t in range(T):
             for d in range(D):
@@ -96,7 +122,7 @@ def output_layer(h_rows, w_out, b_out, targets, inv_count, dlogits, local):
 
 @jit
 def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count, part_out, part_bout,
-                  h_last):
+                  h_last, pool, cursor, pool64, cursor64):
     """The readout of one work item: its loss terms and the adjoints they inject
     (:func:`rnnsim.losses.readout_loss` for one network and a tile of sequences).
 
@@ -114,6 +140,8 @@ def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count
     inv_count : 1/B (loss "last") or 1/(B*T) (loss "every")
     part_out, part_bout : out, (K, H), (K,) the item's readout gradients
     h_last : out, (E, B, H): the item's final hidden states h_T go to ``h_last[e, b0:b0+nb]``
+    pool, cursor, pool64, cursor64 : the item's workspaces in the dtype and in float64
+        (:func:`take`); the per-step buffers of loss "every" come from them
 
     Returns
     -------
@@ -129,12 +157,12 @@ def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count
         for j in range(H):
             h_last[e, b0 + b, j] = hs[T, b, j]
     if given.shape[0] > 0:
-        local = np.empty((T + 1, nb, H), hs.dtype)
+        local = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
         for b in range(nb):
             for t in range(T + 1):
                 for j in range(H):
                     local[t, b, j] = given[e, b0 + b, t, j]
-        local_log = np.empty((T + 1, nb))
+        local_log = take(pool64, cursor64, (T + 1) * nb).reshape((T + 1, nb))
         log_norms(local.reshape((T + 1) * nb, H), local_log.reshape((T + 1) * nb))
         mant_h = local[T].copy()
         scale = np.zeros(nb)
@@ -146,11 +174,14 @@ def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count
         for t in range(T):
             for b in range(nb):
                 tgt[t * nb + b] = targets[e, b0 + b, t]
-        local = np.zeros((T + 1, nb, H), hs.dtype)
+        local = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
+        for b in range(nb):
+            for j in range(H):
+                local[0, b, j] = 0  # no loss term at t = 0; output_layer writes t = 1..T
         h_rows = hs[1:].reshape(rows, H)
-        dlogits = np.empty((rows, K), hs.dtype)
+        dlogits = take(pool, cursor, rows * K).reshape((rows, K))
         loss = output_layer(h_rows, w_out, b_out, tgt, inv_count, dlogits, local[1:].reshape(rows, H))
-        local_log = np.empty((T + 1, nb))
+        local_log = take(pool64, cursor64, (T + 1) * nb).reshape((T + 1, nb))
         log_norms(local.reshape((T + 1) * nb, H), local_log.reshape((T + 1) * nb))
         mant_h = local[T].copy()
     else:

@@ -19,6 +19,7 @@ from .cpu_common import (
     loss_adjoints,
     lyapunov_block,
     renormalise,
+    take,
     typed,
     weight_gradients,
 )
@@ -144,29 +145,31 @@ def gru_backward(gates, u_rows, hs, w_hh, local, local_log, mant_h, scale, da_sc
 
 
 @entry
-def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh, b_ih, b_hh, w_out,
-                   b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih, part_hh, part_bih,
-                   part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
+def gradients_item(item, pool, pool64, cursors, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
+                   b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
+                   part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss's per-step adjoints
     ``given`` injected when it has a nonzero first axis, see
     :func:`~rnnsim.kernels.cpu_common.loss_adjoints`); writes only its own slots
-    (``part_*[item]`` and ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile)."""
+    (``part_*[item]``, ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile, and
+    ``cursors[item]`` as in :func:`rnnsim.kernels.cpu_rnn.gradients_item`)."""
     B, T, D = inputs.shape[1], inputs.shape[2], inputs.shape[3]
     H, GH = w_hh.shape[2], w_hh.shape[1]
     e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
     nb = b1 - b0
-    x = gather_inputs(inputs, e, b0, nb)
-    hs = np.empty((T + 1, nb, H), inputs.dtype)
+    cursor, cursor64 = cursors[item, 0:1], cursors[item, 1:2]
+    x = gather_inputs(inputs, e, b0, nb, pool, cursor)
+    hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
     # one (step, sequence) row per gate unit: r, z, n, which the backward overwrites in
     # place with the input-side adjoint rows; u_rows likewise becomes δu
-    gate_rows = np.empty((T, nb, GH), inputs.dtype)
-    u_rows = np.empty((T, nb, H), inputs.dtype)
+    gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
+    u_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
     gru_forward(x, w_ih_t[e], w_hh_t[e], b_ih[e], b_hh[e], gate_rows, u_rows, hs)
     inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
         loss_every, targets, given, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item],
-        h_last)
-    da_scale = np.empty((T, nb))
+        h_last, pool, cursor, pool64, cursor64)
+    da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
     gru_backward(gate_rows, u_rows, hs, w_hh[e], local, local_log, mant_h, scale, da_scale,
                  profiles[0, e, b0:b1])
     # Input side and the r, z blocks of the recurrent side share their rows: one product.
@@ -185,15 +188,19 @@ def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_h
 
 
 @entry
-def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1, states):
-    """Forward pass of one work item into its own slots of ``states[0]`` = h (E, B, T, H)."""
+def forward_item(item, pool, pool64, cursors, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1,
+                 states):
+    """Forward pass of one work item into its own slots of ``states[0]`` = h (E, B, T, H)
+    (and ``cursors[item]``, as in :func:`gradients_item`; ``pool64`` is unused)."""
     T = inputs.shape[2]
     H, GH = w_hh_t.shape[1], w_hh_t.shape[2]
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
-    x = gather_inputs(inputs, e, b0, nb)
-    hs = np.empty((T + 1, nb, H), inputs.dtype)
-    gru_forward(x, w_ih_t[e], w_hh_t[e], b_ih[e], b_hh[e], np.empty((T, nb, GH), inputs.dtype),
-                np.empty((T, nb, H), inputs.dtype), hs)
+    cursor = cursors[item, 0:1]
+    x = gather_inputs(inputs, e, b0, nb, pool, cursor)
+    hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
+    gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
+    u_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
+    gru_forward(x, w_ih_t[e], w_hh_t[e], b_ih[e], b_hh[e], gate_rows, u_rows, hs)
     for b in range(nb):
         for t in range(T):
             for j in range(H):

@@ -17,6 +17,7 @@ from .cpu_common import (
     loss_adjoints,
     lyapunov_block,
     renormalise,
+    take,
     typed,
     weight_gradients,
 )
@@ -156,33 +157,35 @@ def lstm_backward(gates, cs, tanh_cs, w_hh, local, local_log, mant_h, mant_c, sc
 
 
 @entry
-def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh, b_ih, b_hh, w_out,
-                   b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih, part_hh, part_bih,
-                   part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
+def gradients_item(item, pool, pool64, cursors, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
+                   b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
+                   part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss's per-step adjoints
     ``given`` injected when it has a nonzero first axis, see
     :func:`~rnnsim.kernels.cpu_common.loss_adjoints`); writes only its own slots
     (``part_*[item]`` except ``part_bhh``, which the bias tie supplies, and
-    ``profiles[:, e, b0:b1]``: ln‖dL/dh_t‖, ln‖dL/dc_t‖)."""
+    ``profiles[:, e, b0:b1]``: ln‖dL/dh_t‖, ln‖dL/dc_t‖; ``cursors[item]`` as in
+    :func:`rnnsim.kernels.cpu_rnn.gradients_item`)."""
     B, T, D = inputs.shape[1], inputs.shape[2], inputs.shape[3]
     H, GH = w_hh.shape[2], w_hh.shape[1]
     e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
     nb = b1 - b0
-    x = gather_inputs(inputs, e, b0, nb)
+    cursor, cursor64 = cursors[item, 0:1], cursors[item, 1:2]
+    x = gather_inputs(inputs, e, b0, nb, pool, cursor)
     bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
-    hs = np.empty((T + 1, nb, H), inputs.dtype)
-    cs = np.empty((T + 1, nb, H), inputs.dtype)
-    tanh_cs = np.empty((T, nb, H), inputs.dtype)
+    hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
+    cs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
+    tanh_cs = take(pool, cursor, T * nb * H).reshape((T, nb, H))
     # one (step, sequence) row per gate unit: the activated gates, which the backward
     # overwrites in place with dL/da_t once a step's gates are spent
-    gate_rows = np.empty((T, nb, GH), inputs.dtype)
+    gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
     lstm_forward(x, w_ih_t[e], w_hh_t[e], bias, gate_rows, hs, cs, tanh_cs)
     inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
         loss_every, targets, given, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item],
-        h_last)
+        h_last, pool, cursor, pool64, cursor64)
     mant_c = np.zeros((nb, H), inputs.dtype)
-    da_scale = np.empty((T, nb))
+    da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
     lstm_backward(gate_rows, cs, tanh_cs, w_hh[e], local, local_log, mant_h, mant_c, scale,
                   da_scale, profiles[0, e, b0:b1], profiles[1, e, b0:b1])
     part_scale[item] = weight_gradients(
@@ -191,17 +194,20 @@ def gradients_item(item, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_h
 
 
 @entry
-def forward_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1, states):
-    """Forward pass of one work item into its own slots of ``states`` = (h, c), each (E, B, T, H)."""
+def forward_item(item, pool, pool64, cursors, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1,
+                 states):
+    """Forward pass of one work item into its own slots of ``states`` = (h, c), each (E, B, T, H)
+    (and ``cursors[item]``, as in :func:`gradients_item`; ``pool64`` is unused)."""
     T = inputs.shape[2]
     H, GH = w_hh_t.shape[1], w_hh_t.shape[2]
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
-    x = gather_inputs(inputs, e, b0, nb)
+    cursor = cursors[item, 0:1]
+    x = gather_inputs(inputs, e, b0, nb, pool, cursor)
     bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
-    hs = np.empty((T + 1, nb, H), inputs.dtype)
-    cs = np.empty((T + 1, nb, H), inputs.dtype)
-    lstm_forward(x, w_ih_t[e], w_hh_t[e], bias, np.empty((T, nb, GH), inputs.dtype), hs, cs,
-                 np.empty((T, nb, H), inputs.dtype))
+    hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
+    cs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
+    lstm_forward(x, w_ih_t[e], w_hh_t[e], bias, take(pool, cursor, T * nb * GH).reshape((T, nb, GH)), hs, cs,
+                 take(pool, cursor, T * nb * H).reshape((T, nb, H)))
     for b in range(nb):
         for t in range(T):
             for j in range(H):

@@ -1,0 +1,104 @@
+"""The CPU workspace that threads keep between calls (rnnsim.kernels.cpu, config.CPU_WORKSPACE_BYTES)."""
+import sys
+
+import numpy as np
+import pytest
+
+import rnnsim
+from rnnsim import cells, config, reference
+from rnnsim.kernels import cpu
+
+from helpers import FLOOR, RTOL, assert_close, assert_outputs_close, make_problem
+
+# "every" and "mse-every" reach the kernels' two other loss paths: the fused per-step
+# cross-entropy and the injected adjoints of a loss computed outside them.
+LOSSES = ["last", "every", "mse-every"]
+
+
+def _poison_workspaces(value):
+    """Fill every kept workspace with ``value``: a kernel that reads a buffer before writing
+    it then departs from the reference. NaN alone is not enough: a NaN log-norm compares
+    false and can skip the very term that it should have spoilt."""
+    with cpu._workspace_lock:
+        for pools in cpu._workspace_threads:
+            for pool in pools.values():
+                if pool is not None:
+                    pool.fill(value)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", cells.names())
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("poison", [np.nan, 7.0])
+def test_a_warm_workspace_is_written_before_it_is_read(poison, cell, loss, dtype):
+    # two networks x 5 sequences: items of different sizes share one thread's workspace
+    params, x, y = make_problem(cell, 2, 5, 6, 3, 4, 3, loss=loss, dtype=dtype, seed=11)
+    rnnsim.gradients(cell, params, x, y, loss=loss)  # grows the workspaces
+    assert cpu.workspace_bytes() > 0
+    _poison_workspaces(poison)
+    got = rnnsim.gradients(cell, params, x, y, loss=loss)
+    assert_outputs_close(got, reference.gradients(cell, params, x, y, loss=loss), dtype)
+    _poison_workspaces(poison)
+    states, ref = rnnsim.forward(cell, params, x), reference.forward(cell, params, x)
+    for name in cells.get(cell).state:
+        assert_close(states[name], ref[name][:, :, 1:], RTOL[np.dtype(dtype)], floor=FLOOR[np.dtype(dtype)],
+                     name=name)
+
+
+def test_a_larger_call_after_a_smaller_one_and_back():
+    """A workspace too short for the call's items is topped up by fresh memory, then grown;
+    the same call twice on a warm workspace is bitwise the same (same machine, same call)."""
+    small = make_problem("lstm", 1, 2, 3, 2, 3, 2, seed=1)
+    large = make_problem("lstm", 3, 4, 40, 2, 9, 2, seed=2)
+    rnnsim.gradients("lstm", *small)
+    first = rnnsim.gradients("lstm", *large)
+    assert_outputs_close(first, reference.gradients("lstm", *large), np.float64)
+    again = rnnsim.gradients("lstm", *large)
+    for key in first:
+        np.testing.assert_array_equal(again[key], first[key], err_msg=key)
+    assert_outputs_close(rnnsim.gradients("lstm", *small), reference.gradients("lstm", *small), np.float64)
+
+
+def test_the_kept_bytes_respect_the_limit_and_are_released(monkeypatch):
+    params, x, y = make_problem("rnn", 2, 4, 30, 3, 8, 3)
+    cpu.release_workspaces()
+    assert cpu.workspace_bytes() == 0
+    monkeypatch.setattr(config, "CPU_WORKSPACE_BYTES", 0)
+    kept_nothing = rnnsim.gradients("rnn", params, x, y)
+    assert cpu.workspace_bytes() == 0
+    monkeypatch.setattr(config, "CPU_WORKSPACE_BYTES", 1 << 20)
+    warm = rnnsim.gradients("rnn", params, x, y)
+    assert 0 < cpu.workspace_bytes() <= 1 << 20
+    assert_outputs_close(warm, kept_nothing, np.float64)
+    cpu.release_workspaces()
+    assert cpu.workspace_bytes() == 0
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="minor page faults: getrusage on Linux")
+def test_a_warm_call_does_not_page_fault_its_activations(monkeypatch):
+    """Buffers above glibc's largest mmap threshold (32 MiB) are fresh pages on every call
+    unless they are kept: counted as minor page faults of the process."""
+    import resource
+
+    # 2 items of 1 sequence (the tile halves to fill 2 threads), h_t and the gate rows
+    # 36 MiB each in float32
+    E, B, T, H = 1, 2, 140_000, 64
+    params = rnnsim.init_params("rnn", H, 2, 2, E, dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((E, B, T, 2)).astype(np.float32)
+    y = np.zeros((E, B), np.int64)
+
+    def faults():
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        rnnsim.gradients("rnn", params, x, y)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    monkeypatch.setattr(config, "CPU_WORKSPACE_BYTES", 0)
+    cpu.release_workspaces()
+    fresh = faults()
+    monkeypatch.setattr(config, "CPU_WORKSPACE_BYTES", 1 << 30)
+    faults()  # grows the workspaces
+    warm = faults()
+    cpu.release_workspaces()
+    # 4 KiB pages: the activations alone are ~36k faults when fresh (fewer where the
+    # kernel backs them with huge pages); a warm call touches only small buffers
+    assert warm <= max(300, fresh // 10), (warm, fresh)
