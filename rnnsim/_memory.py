@@ -61,7 +61,10 @@ def gradients_bytes(G: int, n_states: int, E: int, B: int, T: int, D: int, H: in
 
     Counts a contiguous copy of the inputs, the log-norm profiles, the gradients
     (float64 mantissas and the output copies), and the activations that ``workers``
-    work items of ``tile`` sequences keep at once.
+    work items of ``tile`` sequences keep at once. Those activations live in the
+    workspace that the CPU threads keep between calls (``config.CPU_WORKSPACE_BYTES``);
+    they are counted as fresh memory, so after a first call, whose workspace the OS no
+    longer reports available, the check errs on the safe side by at most what is kept.
     """
     inputs = E * B * T * D * itemsize
     profiles = n_states * E * B * (T + 1) * 8
