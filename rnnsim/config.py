@@ -21,10 +21,12 @@ GPU_MEMORY_FRACTION = 0.6
 # parallelise over (network, sequence tile) pairs; a tile batches its sequences
 # so that each time step is one small matrix product.
 CPU_SEQUENCE_TILE = 32
-# Bytes of workspace that the CPU threads keep between calls, in all (each thread its
-# share): the activations of a work item come from its thread's workspace, so a repeated
-# call allocates, page-faults and zeroes nothing that grows with T. Work items that need
-# more than the share allocate the excess per call, as with 0 (keep nothing).
+# Bytes of workspace that the CPU threads keep between calls: each thread that runs work
+# items keeps at most CPU_WORKSPACE_BYTES / numba.get_num_threads() (its share of the
+# whole with numba's worker threads), and a thread that ends frees its own. The
+# activations of a work item come from its thread's workspace, so a repeated call
+# allocates, page-faults and zeroes nothing that grows with T. Items that need more than
+# the share allocate per call, as with 0 (keep nothing).
 # rnnsim.kernels.cpu.release_workspaces() frees what is kept.
 CPU_WORKSPACE_BYTES = 1 << 30
 # Rows ((step, sequence) pairs) per partial product of the CPU weight gradients: the

@@ -20,10 +20,9 @@ def _poison_workspaces(value):
     it then departs from the reference. NaN alone is not enough: a NaN log-norm compares
     false and can skip the very term that it should have spoilt."""
     with cpu._workspace_lock:
-        for pools in cpu._workspace_threads:
+        for pools in list(cpu._workspace_threads):
             for pool in pools.values():
-                if pool is not None:
-                    pool.fill(value)
+                pool.fill(value)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -102,3 +101,29 @@ def test_a_warm_call_does_not_page_fault_its_activations(monkeypatch):
     # 4 KiB pages: the activations alone are ~36k faults when fresh (fewer where the
     # kernel backs them with huge pages); a warm call touches only small buffers
     assert warm <= max(300, fresh // 10), (warm, fresh)
+
+
+def test_a_thread_that_ends_takes_its_workspace_with_it(monkeypatch):
+    """A caller's own thread runs the items when numba has one thread; its workspace
+    must not outlive it (a sweep or a Dask worker may call from many short-lived threads)."""
+    import gc
+    import threading
+
+    import numba
+
+    params, x, y = make_problem("rnn", 1, 2, 30, 3, 8, 3)
+    cpu.release_workspaces()
+    kept = []
+
+    def call():
+        numba.set_num_threads(1)  # numba's thread count is per calling thread
+        rnnsim.gradients("rnn", params, x, y)
+        kept.append(cpu.workspace_bytes())
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    thread.join()
+    del thread
+    gc.collect()
+    assert kept[0] > 0  # it ran the items itself, and kept a workspace while it lived
+    assert cpu.workspace_bytes() == 0

@@ -23,6 +23,7 @@ import concurrent.futures
 import functools
 import math
 import threading
+import weakref
 
 import numpy as np
 from numba import get_num_threads
@@ -35,49 +36,61 @@ def _thread_pool(threads):
     return concurrent.futures.ThreadPoolExecutor(max_workers=threads, thread_name_prefix="rnnsim")
 
 
-_workspaces = threading.local()  # per thread: {(role, dtype): 1-D array}, see _workspace
+class _Pools(dict):
+    """One thread's workspaces, {(role, dtype): 1-D array}; weakly referenced from
+    ``_workspace_threads``, so a thread that ends takes its workspaces with it."""
+
+    __eq__ = object.__eq__  # identity, not content: two threads' empty dicts are two members
+    __hash__ = object.__hash__
+
+
+_workspaces = threading.local()  # .pools: this thread's _Pools
 _workspace_lock = threading.Lock()
-_workspace_threads = []  # every thread's dict, for release_workspaces and workspace_bytes
+_workspace_threads = weakref.WeakSet()  # every live thread's _Pools (release_workspaces, workspace_bytes)
 
 
 def _workspace(key):
     """This thread's workspace for ``key`` = (role, dtype), 1-D; empty until kept."""
     pools = getattr(_workspaces, "pools", None)
     if pools is None:
-        pools = _workspaces.pools = {}
+        pools = _workspaces.pools = _Pools()
         with _workspace_lock:
-            _workspace_threads.append(pools)
+            _workspace_threads.add(pools)
     pool = pools.get(key)
     return pool if pool is not None else np.empty(0, key[1])
 
 
 def _keep_workspace(key, n):
     """Grow this thread's workspace ``key`` to ``n`` elements for the items that follow,
-    within the thread's share of ``config.CPU_WORKSPACE_BYTES`` (else it stays as it is
-    and the items allocate what is missing, as without a workspace)."""
+    within a thread's share of ``config.CPU_WORKSPACE_BYTES`` (else, or when the memory
+    is not there, it stays as it is and the items allocate what is missing, as without
+    a workspace)."""
     share = max(0, int(config.CPU_WORKSPACE_BYTES)) // max(1, get_num_threads())
     pools = _workspaces.pools
     others = sum(pool.nbytes for other, pool in pools.items() if other != key)
     itemsize = key[1].itemsize
-    if n * itemsize + others <= share:
-        pools[key] = None  # the old one goes first: never both at once
+    if n * itemsize + others > share:
+        return
+    pools.pop(key, None)  # the old one goes first: never both at once
+    try:
         raw = np.empty(n + 64 // itemsize, key[1])  # numpy asks the OS for huge pages; numba does not
-        first = (-raw.ctypes.data % 64) // itemsize  # cpu_common.take keeps offsets 64-byte aligned
-        pools[key] = raw[first:first + n]
+    except MemoryError:
+        return
+    first = (-raw.ctypes.data % 64) // itemsize  # cpu_common.take keeps offsets 64-byte aligned
+    pools[key] = raw[first:first + n]
 
 
 def workspace_bytes():
     """Bytes of the CPU workspaces that the threads keep between calls."""
     with _workspace_lock:
-        return sum(pool.nbytes for pools in _workspace_threads for pool in list(pools.values())
-                   if pool is not None)
+        return sum(pool.nbytes for pools in list(_workspace_threads) for pool in list(pools.values()))
 
 
 def release_workspaces():
     """Free the CPU workspaces that the threads keep between calls (the next call
     allocates afresh and keeps them again)."""
     with _workspace_lock:
-        for pools in _workspace_threads:
+        for pools in list(_workspace_threads):
             pools.clear()
 
 
