@@ -55,7 +55,8 @@ def take(pool, cursor, n):
 
     ``pool`` is the running thread's workspace, kept by the driver across calls
     (:mod:`rnnsim.kernels.cpu`), and ``cursor[0]`` the item's offset into it, advanced
-    by ``n``. When the pool is too short the elements are allocated afresh; the driver
+    by ``n`` rounded up to ``WORKSPACE_ALIGN``. Offsets only grow, so the buffers of
+    one item never overlap. When the pool is too short the elements are allocated afresh; the driver
     reads the final offset and grows the pool for the items that follow. Buffers that
     grow with T come from here, so a warm call allocates (and page-faults) nothing
     that scales with T.
