@@ -29,6 +29,7 @@ import numpy as np
 from numba import get_num_threads
 
 from .. import cells, config, logdomain
+from .cpu_common import WORKSPACE_ALIGN_BYTES
 
 
 @functools.lru_cache(maxsize=None)
@@ -73,10 +74,10 @@ def _keep_workspace(key, n):
         return
     pools.pop(key, None)  # the old one goes first: never both at once
     try:
-        raw = np.empty(n + 64 // itemsize, key[1])  # numpy asks the OS for huge pages; numba does not
+        raw = np.empty(n + WORKSPACE_ALIGN_BYTES // itemsize, key[1])  # numpy asks for huge pages; numba not
     except MemoryError:
         return
-    first = (-raw.ctypes.data % 64) // itemsize  # cpu_common.take keeps offsets 64-byte aligned
+    first = (-raw.ctypes.data % WORKSPACE_ALIGN_BYTES) // itemsize  # take() keeps the offsets aligned
     pools[key] = raw[first:first + n]
 
 

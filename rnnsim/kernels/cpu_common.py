@@ -44,9 +44,11 @@ def _typed(like, value):
     return impl
 
 
-# Elements per step of a workspace offset: 16 keeps every buffer 64-byte aligned in
-# float32 and float64 (rnnsim.kernels.cpu aligns each workspace's first element).
-WORKSPACE_ALIGN = 16
+# Alignment of every workspace buffer: the driver (rnnsim.kernels.cpu) aligns each
+# workspace's first element to WORKSPACE_ALIGN_BYTES, and :func:`take` advances offsets
+# by whole WORKSPACE_ALIGN elements, a multiple of those bytes in float32 and float64.
+WORKSPACE_ALIGN_BYTES = 64
+WORKSPACE_ALIGN = WORKSPACE_ALIGN_BYTES // 4
 
 
 @jit
