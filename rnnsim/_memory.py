@@ -60,9 +60,9 @@ def gradients_bytes(G: int, n_states: int, E: int, B: int, T: int, D: int, H: in
     """Peak of one ``gradients`` call on the CPU, beyond the caller's own arrays.
 
     Counts a contiguous copy of the inputs, the log-norm profiles, the gradients
-    (float64 mantissas and the output copies), and the activations that ``workers``
-    work items of ``tile`` sequences keep at once. Those activations live in the
-    workspace that the CPU threads keep between calls (``config.CPU_WORKSPACE_BYTES``);
+    (float64 mantissas and the output copies), and the activations and packed
+    recurrent weights that ``workers`` work items of ``tile`` sequences keep at once.
+    Those live in the workspace that the CPU threads keep between calls (``config.CPU_WORKSPACE_BYTES``);
     they are counted as fresh memory, so after a first call, whose workspace the OS no
     longer reports available, the check errs on the safe side by at most what is kept.
     """
@@ -72,19 +72,29 @@ def gradients_bytes(G: int, n_states: int, E: int, B: int, T: int, D: int, H: in
     per_sequence = (T + 1) * (G * H + (2 + n_states) * H + D) * itemsize + 2 * (T + 1) * 8
     if loss_every:
         per_sequence += T * (K + H) * itemsize
-    items = min(workers, max(1, E * -(-B // tile))) * min(tile, B)
-    return inputs + profiles + grads + items * per_sequence
+    concurrent = min(workers, max(1, E * -(-B // tile)))
+    panels = 2 * packed_weights_bytes(G, H, itemsize)  # W_hhᵀ for the forward, W_hh for the backward
+    return inputs + profiles + grads + concurrent * (min(tile, B) * per_sequence + panels)
 
 
 def forward_bytes(G: int, n_states: int, E: int, B: int, T: int, D: int, H: int, itemsize: int, *,
                   workers: int, tile: int) -> int:
     """Peak of one ``forward`` call on the CPU: a contiguous copy of the inputs, the
-    returned states, and the activations of ``workers`` work items at once."""
+    returned states, and the activations and packed recurrent weights of ``workers``
+    work items at once."""
     inputs = E * B * T * D * itemsize
     states = n_states * E * B * T * H * itemsize
     per_sequence = (T + 1) * (G * H + (1 + n_states) * H + D) * itemsize
-    items = min(workers, max(1, E * -(-B // tile))) * min(tile, B)
-    return inputs + states + items * per_sequence
+    concurrent = min(workers, max(1, E * -(-B // tile)))
+    return inputs + states + concurrent * (min(tile, B) * per_sequence + packed_weights_bytes(G, H, itemsize))
+
+
+def packed_weights_bytes(G: int, H: int, itemsize: int) -> int:
+    """One work item's recurrent weights (G·H × H, either way round) packed for the
+    per-step product (:func:`rnnsim.kernels.cpu_matmul.pack_panels`): each of the G·H
+    or H rows is padded by less than one panel."""
+    from .kernels.cpu_matmul import PANEL_BYTES  # here: importing it loads numba
+    return G * H * (H * itemsize + PANEL_BYTES) + PANEL_BYTES
 
 
 def injected_loss_bytes(n_states: int, E: int, B: int, T: int, H: int, K: int, itemsize: int) -> int:

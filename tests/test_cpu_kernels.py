@@ -14,6 +14,7 @@ SHAPES = [  # E, B, T, D, H, K
     (2, 4, 1, 2, 5, 3),  # T = 1
     (1, 6, 9, 2, 1, 2),  # H = 1
     (4, 1, 6, 3, 6, 5),  # B = 1
+    (2, 13, 4, 3, 37, 3),  # per-step products: 8 + 4 + 1 rows, full and partial panels
 ]
 
 

@@ -23,16 +23,19 @@ from .cpu_common import (
     typed,
     weight_gradients,
 )
+from .cpu_matmul import pack_panels, step_product
 
 
 @jit
-def gru_forward(x, w_ih_t, w_hh_t, b_ih, b_hh, gates, u_rows, hs):
+def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs):
     r"""Forward recurrence.
 
     Parameters
     ----------
     x : (T, nb, D) inputs
-    w_ih_t, w_hh_t : (D, 3H), (H, 3H) transposed weights
+    w_ih_t : (D, 3H) transposed input weights
+    w_hh_t_panels : the transposed recurrent weights (H, 3H) as panels of
+        :func:`~rnnsim.kernels.cpu_matmul.pack_panels`
     b_ih, b_hh : (3H,) the two biases (they do not fold)
     gates : (T, nb, 3H) out: r, z, n of every step
     u_rows : (T, nb, H) out: u = W_hn h_{t-1} + b_hn of every step
@@ -52,7 +55,7 @@ def gru_forward(x, w_ih_t, w_hh_t, b_ih, b_hh, gates, u_rows, hs):
     hs[0] = 0
     hid = np.empty((nb, GH), x.dtype)
     for t in range(T):
-        np.dot(hs[t], w_hh_t, hid)
+        step_product(hs[t], w_hh_t_panels, hid)
         for b in range(nb):
             # one array written per loop, so that each loop vectorises (see cpu_lstm)
             row = gates[t, b]
@@ -71,7 +74,7 @@ def gru_forward(x, w_ih_t, w_hh_t, b_ih, b_hh, gates, u_rows, hs):
 
 
 @jit
-def gru_backward(gates, u_rows, hs, w_hh, local, local_log, mant_h, scale, da_scale, log_h):
+def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale, da_scale, log_h):
     r"""Log-domain BPTT through the recurrence.
 
     Parameters
@@ -81,7 +84,8 @@ def gru_backward(gates, u_rows, hs, w_hh, local, local_log, mant_h, scale, da_sc
     u_rows : (T, nb, H) from :func:`gru_forward`; **overwritten** with δu = δa^n ⊙ r,
         the n block of the recurrent-side rows
     hs : (T+1, nb, H)
-    w_hh : (3H, H)
+    w_hh_panels : the recurrent weights (3H, H) as panels of
+        :func:`~rnnsim.kernels.cpu_matmul.pack_panels`
     local, local_log : per-step loss adjoints as in :func:`rnnsim.kernels.cpu_rnn.rnn_backward`
     mant_h : (nb, H) in: unit mantissa of dL/dh_T at scale ``scale``; clobbered
     scale : (nb,) float64 in/out
@@ -132,7 +136,7 @@ def gru_backward(gates, u_rows, hs, w_hh, local, local_log, mant_h, scale, da_sc
                 gates[t - 1, b, j] = rows_in[b, j]
             for j in range(H):
                 u_rows[t - 1, b, j] = rows_hid[b, 2 * H + j]
-        np.dot(rows_hid, w_hh, mant_h)
+        step_product(rows_hid, w_hh_panels, mant_h)
         for b in range(nb):
             for j in range(H):
                 mant_h[b, j] += direct[b, j]
@@ -164,14 +168,14 @@ def gradients_item(item, pool, pool64, cursors, loss_every, inputs, targets, giv
     # place with the input-side adjoint rows; u_rows likewise becomes δu
     gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
     u_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
-    gru_forward(x, w_ih_t[e], w_hh_t[e], b_ih[e], b_hh[e], gate_rows, u_rows, hs)
+    gru_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), b_ih[e], b_hh[e], gate_rows, u_rows, hs)
     inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
         loss_every, targets, given, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item],
         h_last, pool, cursor, pool64, cursor64)
     da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
-    gru_backward(gate_rows, u_rows, hs, w_hh[e], local, local_log, mant_h, scale, da_scale,
-                 profiles[0, e, b0:b1])
+    gru_backward(gate_rows, u_rows, hs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h, scale,
+                 da_scale, profiles[0, e, b0:b1])
     # Input side and the r, z blocks of the recurrent side share their rows: one product.
     rows = T * nb
     h_rows = hs[:T].reshape(rows, H)
@@ -200,7 +204,7 @@ def forward_item(item, pool, pool64, cursors, inputs, w_ih_t, w_hh_t, b_ih, b_hh
     hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
     gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
     u_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
-    gru_forward(x, w_ih_t[e], w_hh_t[e], b_ih[e], b_hh[e], gate_rows, u_rows, hs)
+    gru_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), b_ih[e], b_hh[e], gate_rows, u_rows, hs)
     for b in range(nb):
         for t in range(T):
             for j in range(H):

@@ -21,16 +21,19 @@ from .cpu_common import (
     typed,
     weight_gradients,
 )
+from .cpu_matmul import pack_panels, step_product
 
 
 @jit
-def lstm_forward(x, w_ih_t, w_hh_t, bias, gates, hs, cs, tanh_cs):
+def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs):
     r"""Forward recurrence.
 
     Parameters
     ----------
     x : (T, nb, D) inputs
-    w_ih_t, w_hh_t : (D, 4H), (H, 4H) transposed weights
+    w_ih_t : (D, 4H) transposed input weights
+    w_hh_t_panels : the transposed recurrent weights (H, 4H) as panels of
+        :func:`~rnnsim.kernels.cpu_matmul.pack_panels`
     bias : (4H,) b_ih + b_hh
     gates : (T, nb, 4H) out: activated gates (i, f, g, o) of every step
     hs, cs : (T+1, nb, H) out: h_t and c_t, with h_0 = c_0 = 0
@@ -51,7 +54,7 @@ def lstm_forward(x, w_ih_t, w_hh_t, bias, gates, hs, cs, tanh_cs):
     cs[0] = 0
     pre = np.empty((nb, GH), x.dtype)
     for t in range(T):
-        np.dot(hs[t], w_hh_t, pre)
+        step_product(hs[t], w_hh_t_panels, pre)
         for b in range(nb):
             # Short loops that each write one array: LLVM vectorises a loop only when
             # its runtime alias checks stay few (a fused loop over six arrays ran 3x slower).
@@ -78,7 +81,7 @@ def lstm_forward(x, w_ih_t, w_hh_t, bias, gates, hs, cs, tanh_cs):
 
 
 @jit
-def lstm_backward(gates, cs, tanh_cs, w_hh, local, local_log, mant_h, mant_c, scale,
+def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, mant_c, scale,
                   da_scale, log_h, log_c):
     r"""Log-domain BPTT through the recurrence.
 
@@ -87,7 +90,8 @@ def lstm_backward(gates, cs, tanh_cs, w_hh, local, local_log, mant_h, mant_c, sc
     gates : (T, nb, 4H) from :func:`lstm_forward`; **overwritten** step by step with
         the mantissas of dL/da_t once that step's gates are no longer needed
     cs, tanh_cs : from :func:`lstm_forward`
-    w_hh : (4H, H)
+    w_hh_panels : the recurrent weights (4H, H) as panels of
+        :func:`~rnnsim.kernels.cpu_matmul.pack_panels`
     local, local_log : per-step loss adjoints as in :func:`rnn_backward`
     mant_h, mant_c : (nb, H) in: mantissas of dL/dh_T and 0 at scale ``scale``
     scale : (nb,) float64 in/out, shared by (dh, carried dc)
@@ -141,7 +145,7 @@ def lstm_backward(gates, cs, tanh_cs, w_hh, local, local_log, mant_h, mant_c, sc
         for b in range(nb):  # the gates of step t are spent; keep dL/da_t for the weights
             for j in range(4 * H):
                 gates[t - 1, b, j] = da[b, j]
-        np.dot(da, w_hh, mant_h)
+        step_product(da, w_hh_panels, mant_h)
         if use_local:
             renormalise(scale, mant_h, mant_c, local[t - 1], local_log[t - 1])
         else:
@@ -179,15 +183,15 @@ def gradients_item(item, pool, pool64, cursors, loss_every, inputs, targets, giv
     # one (step, sequence) row per gate unit: the activated gates, which the backward
     # overwrites in place with dL/da_t once a step's gates are spent
     gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
-    lstm_forward(x, w_ih_t[e], w_hh_t[e], bias, gate_rows, hs, cs, tanh_cs)
+    lstm_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs, cs, tanh_cs)
     inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
         loss_every, targets, given, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item],
         h_last, pool, cursor, pool64, cursor64)
     mant_c = np.zeros((nb, H), inputs.dtype)
     da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
-    lstm_backward(gate_rows, cs, tanh_cs, w_hh[e], local, local_log, mant_h, mant_c, scale,
-                  da_scale, profiles[0, e, b0:b1], profiles[1, e, b0:b1])
+    lstm_backward(gate_rows, cs, tanh_cs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h,
+                  mant_c, scale, da_scale, profiles[0, e, b0:b1], profiles[1, e, b0:b1])
     part_scale[item] = weight_gradients(
         gate_rows.reshape(T * nb, GH), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
         x.reshape(T * nb, D), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item])
@@ -206,8 +210,9 @@ def forward_item(item, pool, pool64, cursors, inputs, w_ih_t, w_hh_t, b_ih, b_hh
     bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
     hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
     cs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
-    lstm_forward(x, w_ih_t[e], w_hh_t[e], bias, take(pool, cursor, T * nb * GH).reshape((T, nb, GH)), hs, cs,
-                 take(pool, cursor, T * nb * H).reshape((T, nb, H)))
+    gates = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
+    tanh_cs = take(pool, cursor, T * nb * H).reshape((T, nb, H))
+    lstm_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gates, hs, cs, tanh_cs)
     for b in range(nb):
         for t in range(T):
             for j in range(H):

@@ -23,16 +23,19 @@ from .cpu_common import (
     typed,
     weight_gradients,
 )
+from .cpu_matmul import pack_panels, step_product
 
 
 @jit
-def rnn_forward(x, w_ih_t, w_hh_t, bias, pre, hs):
+def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs):
     r"""Forward recurrence.
 
     Parameters
     ----------
     x : (T, nb, D) inputs
-    w_ih_t, w_hh_t : (D, H), (H, H) transposed weights
+    w_ih_t : (D, H) transposed input weights
+    w_hh_t_panels : the transposed recurrent weights (H, H) as panels of
+        :func:`~rnnsim.kernels.cpu_matmul.pack_panels`
     bias : (H,) b_ih + b_hh
     pre : (T, nb, H) scratch; holds the input projections (overwritten by backward)
     hs : (T+1, nb, H) out; hs[0] = 0, hs[t] = h_t
@@ -49,20 +52,21 @@ def rnn_forward(x, w_ih_t, w_hh_t, bias, pre, hs):
     hs[0] = 0
     recurrent = np.empty((nb, H), x.dtype)
     for t in range(T):
-        np.dot(hs[t], w_hh_t, recurrent)
+        step_product(hs[t], w_hh_t_panels, recurrent)
         for b in range(nb):
             for j in range(H):
                 hs[t + 1, b, j] = tanh(pre[t, b, j] + bias[j] + recurrent[b, j])
 
 
 @jit
-def rnn_backward(hs, w_hh, local, local_log, mant_h, scale, da, da_scale, log_h):
+def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale, log_h):
     r"""Log-domain BPTT through the recurrence.
 
     Parameters
     ----------
     hs : (T+1, nb, H) from :func:`rnn_forward`
-    w_hh : (H, H)
+    w_hh_panels : the recurrent weights (H, H) as panels of
+        :func:`~rnnsim.kernels.cpu_matmul.pack_panels`
     local : (T+1, nb, H) per-step dL/dh_t from the loss (only ``local[T]`` is used
         for loss "last"; pass an array with a zero-length first axis and ``mant_h``
         already holding dL/dh_T)
@@ -91,7 +95,7 @@ def rnn_backward(hs, w_hh, local, local_log, mant_h, scale, da, da_scale, log_h)
             for j in range(H):
                 h = hs[t, b, j]
                 da[t - 1, b, j] = mant_h[b, j] * (one - h * h)
-        np.dot(da[t - 1], w_hh, mant_h)
+        step_product(da[t - 1], w_hh_panels, mant_h)
         if use_local:
             renormalise(scale, mant_h, no_c, local[t - 1], local_log[t - 1])
         else:
@@ -122,13 +126,14 @@ def gradients_item(item, pool, pool64, cursors, loss_every, inputs, targets, giv
     # one (step, sequence) row per gate unit: the forward's input projections, which
     # the backward overwrites in place with dL/da_t (the projections are spent by then)
     gate_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
-    rnn_forward(x, w_ih_t[e], w_hh_t[e], bias, gate_rows, hs)
+    rnn_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs)
     inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
         loss_every, targets, given, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item],
         h_last, pool, cursor, pool64, cursor64)
     da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
-    rnn_backward(hs, w_hh[e], local, local_log, mant_h, scale, gate_rows, da_scale, profiles[0, e, b0:b1])
+    rnn_backward(hs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h, scale, gate_rows, da_scale,
+                 profiles[0, e, b0:b1])
     part_scale[item] = weight_gradients(
         gate_rows.reshape(T * nb, H), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
         x.reshape(T * nb, D), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item])
@@ -146,7 +151,8 @@ def forward_item(item, pool, pool64, cursors, inputs, w_ih_t, w_hh_t, b_ih, b_hh
     x = gather_inputs(inputs, e, b0, nb, pool, cursor)
     bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
     hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
-    rnn_forward(x, w_ih_t[e], w_hh_t[e], bias, take(pool, cursor, T * nb * H).reshape((T, nb, H)), hs)
+    pre = take(pool, cursor, T * nb * H).reshape((T, nb, H))
+    rnn_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, pre, hs)
     for b in range(nb):
         for t in range(T):
             for j in range(H):

@@ -1,0 +1,59 @@
+"""The packed per-step product of the CPU recurrences against NumPy, in both dtypes."""
+import numpy as np
+import pytest
+from numba import njit
+from numba.core.errors import TypingError
+
+from rnnsim.kernels.cpu_matmul import PANEL_BYTES, pack_panels, step_product
+
+
+@njit(cache=True)
+def packed_product(a, w, out):
+    pool = np.full(w.shape[0] * (w.shape[1] + PANEL_BYTES) + 64, np.nan, w.dtype)
+    cursor = np.zeros(1, np.int64)
+    panels = pack_panels(w, pool, cursor)
+    step_product(a, panels, out)
+    return panels
+
+
+# M covers the 8-row blocks and every remainder (4, 2, 1); N full panels, a partial
+# last panel, and fewer columns than one panel, in float32 (32 a panel with AVX-512)
+# and float64 (16).
+SHAPES = [(1, 1, 1), (3, 5, 7), (7, 9, 16), (8, 16, 32), (15, 33, 47), (16, 64, 64), (29, 70, 100),
+          (32, 128, 33)]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "M{}K{}N{}".format(*s))
+def test_step_product_matches_numpy(shape, dtype):
+    M, K, N = shape
+    rng = np.random.default_rng(M * 1000 + K + N)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    w = rng.standard_normal((K, N)).astype(dtype)
+    out = np.full((M, N), np.nan, dtype)
+    panels = packed_product(a, w, out)
+    width = PANEL_BYTES // np.dtype(dtype).itemsize
+    assert panels.shape == (-(-N // width), K, width)
+    assert np.all(panels.transpose(1, 0, 2).reshape(K, -1)[:, N:] == 0)  # padding, not pool garbage
+    exact = a.astype(np.float64) @ w.astype(np.float64)
+    # each entry is K products summed: error at most ~K eps sum_k |a_ik w_kj|
+    bound = 2 * K * np.finfo(dtype).eps * (np.abs(a).astype(np.float64) @ np.abs(w).astype(np.float64))
+    assert np.all(np.abs(out - exact) <= bound)
+
+
+def test_step_product_writes_only_its_columns():
+    """N = 5 is less than one panel: the last row's stores stop at column N, and the
+    guard elements after ``out`` in the same buffer keep their value."""
+    rng = np.random.default_rng(0)
+    a, w = rng.standard_normal((9, 12)), rng.standard_normal((12, 5))
+    buffer = np.full(9 * 5 + 64, -7.0)
+    out = buffer[:45].reshape(9, 5)
+    packed_product(a, w, out)
+    np.testing.assert_allclose(out, a @ w, rtol=1e-13, atol=1e-13)
+    assert np.all(buffer[45:] == -7.0)
+
+
+def test_step_product_rejects_strided_rows():
+    a, w = np.ones((4, 6)), np.ones((3, 5))
+    with pytest.raises(TypingError, match="C-contiguous"):
+        packed_product(a[:, ::2], w, np.empty((4, 5)))
