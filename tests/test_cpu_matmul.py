@@ -4,6 +4,7 @@ import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
+from rnnsim.kernels import cpu_matmul
 from rnnsim.kernels.cpu_matmul import PANEL_BYTES, pack_panels, step_product
 
 
@@ -57,3 +58,61 @@ def test_step_product_rejects_strided_rows():
     a, w = np.ones((4, 6)), np.ones((3, 5))
     with pytest.raises(TypingError, match="C-contiguous"):
         packed_product(a[:, ::2], w, np.empty((4, 5)))
+
+
+def _other_width_product(vector_bytes, vectors):
+    """step_product's loop on tiles of another host's vector width (AVX2: 32 bytes, one
+    vector per row; SSE: 16): this machine compiles them as well."""
+    tile8, tile4, tile2, tile1 = (cpu_matmul._tile(rows, vector_bytes, vectors) for rows in (8, 4, 2, 1))
+
+    @njit
+    def product(a, panels, out):
+        M, N, width = a.shape[0], out.shape[1], panels.shape[2]
+        for p in range(panels.shape[0]):
+            ncols = min(width, N - p * width)
+            i0 = 0
+            while M - i0 >= 8:
+                tile8(a, panels, out, i0, p, ncols)
+                i0 += 8
+            if M - i0 >= 4:
+                tile4(a, panels, out, i0, p, ncols)
+                i0 += 4
+            if M - i0 >= 2:
+                tile2(a, panels, out, i0, p, ncols)
+                i0 += 2
+            if M - i0 >= 1:
+                tile1(a, panels, out, i0, p, ncols)
+    return product
+
+
+@pytest.mark.parametrize("vector_bytes, vectors", [(32, 1), (16, 1), (32, 2)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_tiles_of_other_vector_widths(vector_bytes, vectors, dtype):
+    product = _other_width_product(vector_bytes, vectors)
+    width = vector_bytes * vectors // np.dtype(dtype).itemsize
+    rng = np.random.default_rng(vector_bytes + vectors)
+    for M, K, N in [(15, 33, 47), (8, 16, 2 * width), (3, 5, width - 1)]:
+        a = rng.standard_normal((M, K)).astype(dtype)
+        w = rng.standard_normal((K, N)).astype(dtype)
+        P = -(-N // width)
+        padded = np.zeros((K, P * width), dtype)
+        padded[:, :N] = w
+        panels = np.ascontiguousarray(padded.reshape(K, P, width).transpose(1, 0, 2))
+        out = np.full((M, N), np.nan, dtype)
+        product(a, panels, out)
+        exact = a.astype(np.float64) @ w.astype(np.float64)
+        bound = 2 * K * np.finfo(dtype).eps * (np.abs(a).astype(np.float64) @ np.abs(w).astype(np.float64))
+        assert np.all(np.abs(out - exact) <= bound), (M, K, N)
+
+
+def test_step_product_rejects_mismatched_panels():
+    a, w = np.ones((4, 6)), np.ones((6, 5))
+    pool, cursor = np.empty(1000), np.zeros(1, np.int64)
+    with pytest.raises(ValueError, match="panels do not match"):
+        _mismatched(a, w, pool, cursor)
+
+
+@njit
+def _mismatched(a, w, pool, cursor):
+    panels = pack_panels(w[:5], pool, cursor)  # K = 5 rows against a's 6 columns
+    step_product(a, panels, np.empty((4, 5)))

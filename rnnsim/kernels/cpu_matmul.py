@@ -24,21 +24,32 @@ import llvmlite.binding as llvm
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
+from numba.core import config as numba_config
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
 
 from .cpu_common import jit, take
 
-_FEATURES = llvm.get_host_cpu_features()
-VECTOR_BYTES = 64 if _FEATURES.get("avx512f") else 32 if _FEATURES.get("avx2") else 16
-TILE_ROWS = 8
+
+def _target_features():
+    """The CPU features numba compiles for: the host's, or those of NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES (a portable cache, for example), where none means baseline x86-64."""
+    if numba_config.CPU_NAME or numba_config.CPU_FEATURES:
+        return {f[1:] for f in (numba_config.CPU_FEATURES or "").split(",") if f.startswith("+")}
+    return {name for name, on in llvm.get_host_cpu_features().items() if on}
+
+
+_FEATURES = _target_features()
+VECTOR_BYTES = 64 if "avx512f" in _FEATURES else 32 if "avx2" in _FEATURES else 16
+TILE_ROWS = 8  # the remainder blocks below are 4, 2, 1: keep it 8
 TILE_VECTORS = 2 if VECTOR_BYTES == 64 else 1
 PANEL_BYTES = TILE_VECTORS * VECTOR_BYTES
 
 
-def _tile(rows):
+def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS):
     """An intrinsic ``tile(a, panels, out, i0, p, ncols)``: out[i0:i0+rows, p*NR : p*NR+ncols]
-    = a[i0:i0+rows] @ panel p, with NR = PANEL_BYTES // itemsize and ncols <= NR."""
+    = a[i0:i0+rows] @ panel p, with NR = vectors * vector_bytes // itemsize and ncols <= NR
+    (tests build the other hosts' widths)."""
 
     @intrinsic
     def tile(typingctx, a, panels, out, i0, p, ncols):
@@ -51,8 +62,8 @@ def _tile(rows):
             a_t, panels_t, out_t = sig.args[:3]
             fty = context.get_value_type(a_t.dtype)
             itemsize = a_t.dtype.bitwidth // 8
-            lanes = VECTOR_BYTES // itemsize
-            width = TILE_VECTORS * lanes
+            lanes = vector_bytes // itemsize
+            width = vectors * lanes
             vty = ir.VectorType(fty, lanes)
             vptr = vty.as_pointer()
             idx = lambda n: ir.Constant(ir.IntType(64), n)  # noqa: E731
@@ -65,7 +76,7 @@ def _tile(rows):
             K = cgutils.unpack_tuple(builder, arr_a.shape)[1]
             out_cols = cgutils.unpack_tuple(builder, arr_o.shape)[1]
             # accumulators as allocas: LLVM promotes them to vector registers
-            acc = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in range(TILE_VECTORS)]
+            acc = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in range(vectors)]
                    for _ in range(rows)]
             a_rows = [builder.gep(arr_a.data, [builder.mul(builder.add(i0, idx(i)), K)]) for i in range(rows)]
             panel = builder.gep(arr_w.data, [builder.mul(builder.mul(p, K), idx(width))])
@@ -78,7 +89,7 @@ def _tile(rows):
                 return builder.gep(arr_o.data, [first])
 
             def store_vectors(i, dest):
-                for v in range(TILE_VECTORS):
+                for v in range(vectors):
                     target = builder.bitcast(builder.gep(dest, [idx(v * lanes)]), vptr)
                     builder.store(builder.load(acc[i][v]), target, align=itemsize)
 
@@ -86,12 +97,12 @@ def _tile(rows):
                 k = loop.index
                 w_row = builder.gep(panel, [builder.mul(k, idx(width))])
                 w = [builder.load(builder.bitcast(builder.gep(w_row, [idx(v * lanes)]), vptr), align=itemsize)
-                     for v in range(TILE_VECTORS)]
+                     for v in range(vectors)]
                 for i in range(rows):
                     scalar = builder.load(builder.gep(a_rows[i], [k]))
                     lane0 = builder.insert_element(undef, scalar, ir.Constant(ir.IntType(32), 0))
                     broadcast = builder.shuffle_vector(lane0, undef, splat)
-                    for v in range(TILE_VECTORS):
+                    for v in range(vectors):
                         total = builder.call(fma, [broadcast, w[v], builder.load(acc[i][v])])
                         builder.store(total, acc[i][v])
             full = builder.icmp_signed("==", ncols, idx(width))
@@ -114,8 +125,8 @@ def _tile(rows):
     return tile
 
 
-# Row blocks of TILE_ROWS (8), and 4, 2, 1 for a tile's remainder.
-_tile8, _tile4, _tile2, _tile1 = _tile(8), _tile(4), _tile(2), _tile(1)
+# Blocks of TILE_ROWS rows, then 4, 2 and 1 for the remainder of a tile of sequences.
+_tile_full, _tile4, _tile2, _tile1 = _tile(TILE_ROWS), _tile(4), _tile(2), _tile(1)
 
 
 @jit
@@ -153,12 +164,14 @@ def step_product(a, panels, out):
     M = a.shape[0]
     N = out.shape[1]
     width = panels.shape[2]
+    if width * a.itemsize != PANEL_BYTES or panels.shape[1] != a.shape[1] or panels.shape[0] * width < N:
+        raise ValueError("step_product: panels do not match a and out")
     for p in range(panels.shape[0]):  # one panel stays in cache over all the row blocks
         ncols = min(width, N - p * width)
         i0 = 0
-        while M - i0 >= 8:
-            _tile8(a, panels, out, i0, p, ncols)
-            i0 += 8
+        while M - i0 >= TILE_ROWS:
+            _tile_full(a, panels, out, i0, p, ncols)
+            i0 += TILE_ROWS
         if M - i0 >= 4:
             _tile4(a, panels, out, i0, p, ncols)
             i0 += 4
