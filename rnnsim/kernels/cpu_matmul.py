@@ -6,13 +6,15 @@ between H and 4H. BLAS packs all of ``w`` anew for each such call, and at a few
 rows the packing costs as much as the product. One thread of this machine's
 OpenBLAS runs 16 × 1024 × 1024 at 24–31 GFLOP/s in float64 and 19–29 in float32.
 Here ``w`` is packed once per work item (:func:`pack_panels`), and every step reads
-it in order with a register-blocked kernel (:func:`step_product`): 39–41 and
-85–103 GFLOP/s on the same shapes, and it is ahead of BLAS at H = 64 as well.
+it in order with a register-blocked kernel (:func:`step_product`): 39–54 and
+85–119 GFLOP/s on the same shapes (Intel Xeon, AVX-512), level with or ahead of BLAS at
+16 × 64 × 64, behind it where N lies just past a whole number of panels (the last
+panel is then mostly padding).
 
 The kernel is written as LLVM vector IR (an ``@intrinsic``): numba's loop
 vectoriser keeps accumulators in memory, and its SLP vectoriser does not combine
 scalar ones (both measured at 2–12 GFLOP/s). Its shape is fixed at import from
-the host's vector width (a compiled constant, so not a :mod:`rnnsim.config`
+the target's vector width (a compiled constant, so not a :mod:`rnnsim.config`
 tunable): a tile is ``TILE_ROWS`` rows of ``a`` by one panel of
 ``PANEL_BYTES // itemsize`` columns of ``w``, held in
 ``TILE_ROWS * TILE_VECTORS`` vector registers (16 of the 32 AVX-512 registers, 8
