@@ -105,14 +105,15 @@ def test_tiles_of_other_vector_widths(vector_bytes, vectors, dtype):
         assert np.all(np.abs(out - exact) <= bound), (M, K, N)
 
 
-def test_step_product_rejects_mismatched_panels():
+@pytest.mark.parametrize("k_rows, out_rows", [(5, 4), (6, 3)], ids=["K", "M"])
+def test_step_product_rejects_mismatched_shapes(k_rows, out_rows):
+    """Panels with 5 rows against a's 6 columns, or an ``out`` with fewer rows than ``a``."""
     a, w = np.ones((4, 6)), np.ones((6, 5))
     pool, cursor = np.empty(1000), np.zeros(1, np.int64)
     with pytest.raises(ValueError, match="panels do not match"):
-        _mismatched(a, w, pool, cursor)
+        _mismatched(a, w[:k_rows], pool, cursor, np.empty((out_rows, 5)))
 
 
 @njit
-def _mismatched(a, w, pool, cursor):
-    panels = pack_panels(w[:5], pool, cursor)  # K = 5 rows against a's 6 columns
-    step_product(a, panels, np.empty((4, 5)))
+def _mismatched(a, w, pool, cursor, out):
+    step_product(a, pack_panels(w, pool, cursor), out)

@@ -166,7 +166,9 @@ def step_product(a, panels, out):
     M = a.shape[0]
     N = out.shape[1]
     width = panels.shape[2]
-    if width * a.itemsize != PANEL_BYTES or panels.shape[1] != a.shape[1] or panels.shape[0] * width < N:
+    # the tiles index raw pointers: a mismatch here would read or write out of bounds
+    if (width * a.itemsize != PANEL_BYTES or panels.shape[1] != a.shape[1] or panels.shape[0] * width < N
+            or out.shape[0] != M):
         raise ValueError("step_product: panels do not match a and out")
     for p in range(panels.shape[0]):  # one panel stays in cache over all the row blocks
         ncols = min(width, N - p * width)
