@@ -1,11 +1,12 @@
-"""The packed per-step product of the CPU recurrences against NumPy, in both dtypes."""
+"""The CPU kernels' products against NumPy, in both dtypes: the packed per-step product
+and the one-call BLAS product ``matmul``."""
 import numpy as np
 import pytest
 from numba import njit
 from numba.core.errors import TypingError
 
 from rnnsim.kernels import cpu_matmul
-from rnnsim.kernels.cpu_matmul import PANEL_BYTES, pack_panels, step_product
+from rnnsim.kernels.cpu_matmul import PANEL_BYTES, matmul, pack_panels, step_product
 
 
 @njit(cache=True)
@@ -117,3 +118,50 @@ def test_step_product_rejects_mismatched_shapes(k_rows, out_rows):
 @njit
 def _mismatched(a, w, pool, cursor, out):
     step_product(a, pack_panels(w, pool, cursor), out)
+
+
+@njit(cache=True)
+def blas_product(a, b, out):
+    matmul(a, b, out)
+
+
+def _layout(x, order):
+    return np.asfortranarray(x) if order == "F" else np.ascontiguousarray(x)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("orders", ["CC", "CF", "FC", "FF"])
+@pytest.mark.parametrize("shape", [(1, 1, 1), (5, 7, 3), (33, 17, 65)], ids=lambda s: "M{}K{}N{}".format(*s))
+def test_matmul_matches_numpy(shape, orders, dtype):
+    """Both operands C- or F-contiguous (a transposed view, as the weight gradients pass)."""
+    M, K, N = shape
+    rng = np.random.default_rng(M + K * N)
+    a = _layout(rng.standard_normal((M, K)).astype(dtype), orders[0])
+    b = _layout(rng.standard_normal((K, N)).astype(dtype), orders[1])
+    out = np.full((M, N), np.nan, dtype)
+    blas_product(a, b, out)
+    exact = a.astype(np.float64) @ b.astype(np.float64)
+    bound = 2 * K * np.finfo(dtype).eps * (np.abs(a).astype(np.float64) @ np.abs(b).astype(np.float64))
+    assert np.all(np.abs(out - exact) <= bound)
+
+
+def test_matmul_empty_inner_dimension_gives_zeros():
+    """K = 0: BLAS would refuse the leading dimension 0; the product is all zeros."""
+    out = np.full((3, 4), np.nan)
+    blas_product(np.empty((3, 0)), np.empty((0, 4)), out)
+    assert np.all(out == 0.0)
+    blas_product(np.empty((0, 2)), np.ones((2, 4)), np.empty((0, 4)))  # M = 0: nothing to do
+
+
+@pytest.mark.parametrize("b_rows, out_shape", [(4, (3, 5)), (6, (2, 5)), (6, (3, 4))], ids=["K", "M", "N"])
+def test_matmul_rejects_mismatched_shapes(b_rows, out_shape):
+    with pytest.raises(ValueError, match="shapes of a, b and out do not match"):
+        blas_product(np.ones((3, 6)), np.ones((b_rows, 5)), np.empty(out_shape))
+
+
+def test_matmul_rejects_strided_or_mixed_dtype_operands():
+    a, b = np.ones((4, 6)), np.ones((6, 5))
+    with pytest.raises(TypingError, match="contiguous"):
+        blas_product(a[:, ::2], b[:3], np.empty((4, 5)))
+    with pytest.raises(TypingError, match="float dtype"):
+        blas_product(a.astype(np.float32), b, np.empty((4, 5)))

@@ -179,12 +179,11 @@ def gradients(problem, params, inputs, targets, adjoints=None):
     injected = adjoints is not None
     loss_every = injected or problem.loss == "every"
     w_ih_t, w_hh_t = _prepared_weights(params)
-    if injected:
-        tgt = np.zeros((E, B, 1), np.int64)  # unused
-        given = np.ascontiguousarray(adjoints, dtype=dt)
-    else:
-        tgt = targets if loss_every else targets[:, :, None]
-        given = np.zeros((0, 0, 0, 0), dt)  # no injected adjoints: the fused cross-entropy
+    # the loss kind goes in by the argument types, so that only its path compiles
+    # (rnnsim.kernels.cpu_readout.loss_adjoints): targets (E, B, T) for loss "every",
+    # (E, B) for "last", None beside injected adjoints
+    given = np.ascontiguousarray(adjoints, dtype=dt) if injected else None
+    tgt = None if injected else np.ascontiguousarray(targets, dtype=np.int64)
     net, b0, b1 = _work_items(E, B)
     n = len(net)
     part_ih = np.empty((n, GH, D), dt)
@@ -200,7 +199,7 @@ def gradients(problem, params, inputs, targets, adjoints=None):
     cutoff = logdomain.log_weight_cutoff(dt)
     block_rows = max(1, int(config.CPU_WEIGHT_GRADIENT_ROWS))
     with _single_threaded_blas():
-        _run_items(spec.kernels("cpu").gradients_item, n, loss_every, inputs, tgt, given, w_ih_t, w_hh_t,
+        _run_items(spec.kernels("cpu").gradients_item, n, inputs, tgt, given, w_ih_t, w_hh_t,
                    params["weight_hh_l0"], params["bias_ih_l0"], params["bias_hh_l0"], params["weight_out"],
                    params["bias_out"], net, b0, b1, cutoff, block_rows, part_ih, part_hh, part_bih, part_bhh,
                    part_scale, part_out, part_bout, part_loss, profiles, h_last, dtype=dt)

@@ -1,5 +1,7 @@
-"""@njit pieces shared by every cell's CPU kernels: the input gather, the readout and
-its loss adjoints, log-domain renormalisation, and the weight-gradient products.
+"""@njit pieces shared by every cell's CPU kernels: the compile options, the workspace,
+the input gather, log-domain renormalisation and the Lyapunov QR step (the products
+are in :mod:`~rnnsim.kernels.cpu_matmul`, the readout and its loss in
+:mod:`~rnnsim.kernels.cpu_readout`).
 
 Conventions for one *work item* (one network, a tile of ``nb`` of its sequences):
 
@@ -22,6 +24,11 @@ from .. import config
 FASTMATH = set(config.NUMBA_FASTMATH)
 # Helpers are only called from @njit code: no Python or C wrapper to build for them.
 jit = njit(cache=True, fastmath=FASTMATH, nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
+# The stages that an entry point calls once (forward, readout, backward, weight
+# gradients): typed inside their caller. Compiled on their own, numba would optimise
+# their code twice, alone and again inside the caller.
+stage = njit(cache=True, fastmath=FASTMATH, nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True,
+             inline="always")
 # The per-item entry points that the driver calls from Python threads.
 entry = njit(cache=True, fastmath=FASTMATH, nogil=True, no_cfunc_wrapper=True)
 
@@ -86,129 +93,6 @@ def gather_inputs(inputs, e, b0, nb, pool, cursor):
 
 
 @jit
-def output_layer(h_rows, w_out, b_out, targets, inv_count, dlogits, local):
-    """Softmax cross-entropy on rows of hidden states, and its adjoints.
-
-    Parameters
-    ----------
-    h_rows : (R, H) hidden states that feed the readout
-    w_out, b_out : (K, H), (K,)
-    targets : (R,) int64
-    inv_count : 1/B (loss "last") or 1/(B*T) (loss "every")
-    dlogits : (R, K) out, dL/dz = (softmax(z) - onehot) * inv_count
-    local : (R, H) out, dL/dh from this row's loss term = dlogits @ w_out
-
-    Returns
-    -------
-    Sum over rows of the cross-entropy (float64), not yet divided by the count.
-    """
-    R, K = dlogits.shape
-    np.dot(h_rows, w_out.T, dlogits)
-    total = 0.0
-    for r in range(R):
-        z_max = -np.inf
-        for k in range(K):
-            z = dlogits[r, k] + b_out[k]
-            dlogits[r, k] = z
-            z_max = max(z_max, float(z))
-        sum_exp = 0.0
-        for k in range(K):
-            sum_exp += math.exp(float(dlogits[r, k]) - z_max)
-        log_z = z_max + math.log(sum_exp)
-        total += log_z - float(dlogits[r, targets[r]])
-        for k in range(K):
-            dlogits[r, k] = math.exp(float(dlogits[r, k]) - log_z) * inv_count
-        dlogits[r, targets[r]] -= inv_count
-    np.dot(dlogits, w_out, local)
-    return total
-
-
-@jit
-def loss_adjoints(loss_every, targets, given, e, b0, hs, w_out, b_out, inv_count, part_out, part_bout,
-                  h_last, pool, cursor, pool64, cursor64):
-    """The readout of one work item: its loss terms and the adjoints they inject
-    (:func:`rnnsim.losses.readout_loss` for one network and a tile of sequences).
-
-    Parameters
-    ----------
-    loss_every : bool, loss "every" (else "last")
-    targets : (E, B, steps) int64, steps = T or 1
-    given : (E, B, T+1, H) per-step adjoints dL/dh_t of a loss computed outside the
-        kernels (injected; then ``loss_every`` must be True and the targets, readout
-        and outputs ``part_out``, ``part_bout`` are left alone, and the loss is 0), or
-        an array with a zero-length first axis for the fused cross-entropy
-    e, b0 : the item's network and first sequence
-    hs : (T+1, nb, H) hidden states of the item
-    w_out, b_out : (K, H), (K,) network e's readout
-    inv_count : 1/B (loss "last") or 1/(B*T) (loss "every")
-    part_out, part_bout : out, (K, H), (K,) the item's readout gradients
-    h_last : out, (E, B, H): the item's final hidden states h_T go to ``h_last[e, b0:b0+nb]``
-    pool, cursor, pool64, cursor64 : the item's workspaces in the dtype and in float64
-        (:func:`take`); the per-step buffers of loss "every" come from them
-
-    Returns
-    -------
-    (loss, mant_h, scale, local, local_log): the sum of the item's cross-entropies;
-    dL/dh_T as a unit-norm mantissa (nb, H) at float64 log-scale ``scale`` (nb,);
-    for loss "every" the per-step adjoints ``local`` (T+1, nb, H) and their log norms
-    ``local_log`` (T+1, nb), zero-length for loss "last".
-    """
-    T1, nb, H = hs.shape
-    T = T1 - 1
-    K = w_out.shape[0]
-    for b in range(nb):
-        for j in range(H):
-            h_last[e, b0 + b, j] = hs[T, b, j]
-    if given.shape[0] > 0:
-        local = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
-        for b in range(nb):
-            for t in range(T + 1):
-                for j in range(H):
-                    local[t, b, j] = given[e, b0 + b, t, j]
-        local_log = take(pool64, cursor64, (T + 1) * nb).reshape((T + 1, nb))
-        log_norms(local.reshape((T + 1) * nb, H), local_log.reshape((T + 1) * nb))
-        mant_h = local[T].copy()
-        scale = np.zeros(nb)
-        renormalise(scale, mant_h, np.empty((nb, 0), hs.dtype), np.empty((0, H), hs.dtype), np.empty(0))
-        return 0.0, mant_h, scale, local, local_log
-    if loss_every:
-        rows = T * nb
-        tgt = np.empty(rows, np.int64)
-        for t in range(T):
-            for b in range(nb):
-                tgt[t * nb + b] = targets[e, b0 + b, t]
-        local = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
-        for b in range(nb):
-            for j in range(H):
-                local[0, b, j] = 0  # no loss term at t = 0; output_layer writes t = 1..T
-        h_rows = hs[1:].reshape(rows, H)
-        dlogits = take(pool, cursor, rows * K).reshape((rows, K))
-        loss = output_layer(h_rows, w_out, b_out, tgt, inv_count, dlogits, local[1:].reshape(rows, H))
-        local_log = take(pool64, cursor64, (T + 1) * nb).reshape((T + 1, nb))
-        log_norms(local.reshape((T + 1) * nb, H), local_log.reshape((T + 1) * nb))
-        mant_h = local[T].copy()
-    else:
-        h_rows = hs[T]
-        dlogits = np.empty((nb, K), hs.dtype)
-        mant_h = np.empty((nb, H), hs.dtype)
-        tgt = np.empty(nb, np.int64)
-        for b in range(nb):
-            tgt[b] = targets[e, b0 + b, 0]
-        loss = output_layer(h_rows, w_out, b_out, tgt, inv_count, dlogits, mant_h)
-        local = np.zeros((0, nb, H), hs.dtype)
-        local_log = np.zeros((0, nb))
-    np.dot(dlogits.T, h_rows, part_out)
-    for k in range(K):
-        acc = 0.0
-        for r in range(dlogits.shape[0]):
-            acc += dlogits[r, k]
-        part_bout[k] = acc
-    scale = np.zeros(nb)
-    renormalise(scale, mant_h, np.empty((nb, 0), hs.dtype), np.empty((0, H), hs.dtype), np.empty(0))
-    return loss, mant_h, scale, local, local_log
-
-
-@jit
 def log_norms(rows, out):
     """out[r] = ln ||rows[r]|| (float64, -inf for a zero row)."""
     for r in range(rows.shape[0]):
@@ -264,66 +148,6 @@ def renormalise(scale, mant_h, mant_c, local, local_log):
         for j in range(mant_c.shape[1]):
             mant_c[b, j] *= inv_t
         scale[b] = s
-
-
-@jit
-def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows, g_ih, g_hh, g_b):
-    """Mantissas of dW_ih, dW_hh, db relative to exp(S*), S* = max scale
-    (identity 2 of :mod:`rnnsim.logdomain`).
-
-    da_rows : (R, G*H) adjoint mantissas of the pre-activations (unit scale per row)
-    scale_rows : (R,) float64 their log-scales
-    h_rows : (R, H) h_{t-1} for each row
-    x_rows : (R, D) x_t for each row
-    log_cutoff : float, ``rnnsim.logdomain.log_weight_cutoff(dtype)``
-    block_rows : int >= 1, rows per partial product (``rnnsim.config.CPU_WEIGHT_GRADIENT_ROWS``)
-    g_ih, g_hh, g_b : out, (G*H, D), (G*H, H), (G*H,)
-
-    Returns S* (float64; -inf when every adjoint is zero).
-
-    Notes
-    -----
-    [dW_hh | dW_ih | db] = sum_r exp(s_r) da_r [h_r, x_r, 1]ᵀ = exp(S*) · DAᵀ Z, with
-    Z_r = w_r [h_r, x_r, 1] and w_r = exp(s_r - S*) ≤ 1: one product instead of three,
-    and the weights go on the narrow factor Z rather than on DA.
-    The product runs over blocks of ``block_rows`` rows, summed: Z is built one block
-    at a time, so it stays in cache and its memory does not grow with T.
-    Rows with ln w_r <= log_cutoff (sqrt(tiny) by default: 1e-19 in float32, 1e-154
-    in float64) are dropped: their products would be denormal numbers, which cost
-    the CPU ~100x per operation (seen: 20x slower float32 weight gradients).
-    """
-    R, GH = da_rows.shape
-    H, D = h_rows.shape[1], x_rows.shape[1]
-    W = H + D + 1
-    s_star = -np.inf
-    for r in range(R):
-        s_star = max(s_star, scale_rows[r])
-    n_max = max(1, min(block_rows, R))
-    z = np.empty((n_max, W), da_rows.dtype)
-    g = np.zeros((GH, W), da_rows.dtype)
-    part = np.empty((GH, W), da_rows.dtype)
-    for r0 in range(0, R, n_max):
-        n = min(n_max, R - r0)
-        for i in range(n):
-            r = r0 + i
-            rel = scale_rows[r] - s_star
-            w = typed(z, math.exp(rel) if rel > log_cutoff else 0.0)
-            for j in range(H):
-                z[i, j] = w * h_rows[r, j]
-            for j in range(D):
-                z[i, H + j] = w * x_rows[r, j]
-            z[i, H + D] = w
-        np.dot(da_rows[r0:r0 + n].T, z[:n], part)
-        for i in range(GH):
-            for j in range(W):
-                g[i, j] += part[i, j]
-    for i in range(GH):  # element loops: an array-to-array slice assignment compiles
-        for j in range(H):  # numba's shape-mismatch error formatting (~1 s per rank)
-            g_hh[i, j] = g[i, j]
-        for j in range(D):
-            g_ih[i, j] = g[i, H + j]
-        g_b[i] = g[i, H + D]
-    return s_star
 
 
 @jit

@@ -13,18 +13,17 @@ from ._vmath import sigmoid, tanh
 from .cpu_common import (
     entry,
     gather_inputs,
-    jit,
-    loss_adjoints,
     lyapunov_block,
     renormalise,
+    stage,
     take,
     typed,
-    weight_gradients,
 )
-from .cpu_matmul import pack_panels, step_product
+from .cpu_matmul import matmul, pack_panels, step_product, weight_gradients
+from .cpu_readout import loss_adjoints
 
 
-@jit
+@stage
 def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs):
     r"""Forward recurrence.
 
@@ -49,7 +48,7 @@ def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs):
     T, nb, D = x.shape
     H = hs.shape[2]
     GH = 4 * H
-    np.dot(x.reshape(T * nb, D), w_ih_t, gates.reshape(T * nb, GH))
+    matmul(x.reshape(T * nb, D), w_ih_t, gates.reshape(T * nb, GH))
     hs[0] = 0
     cs[0] = 0
     pre = np.empty((nb, GH), x.dtype)
@@ -80,7 +79,7 @@ def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs):
                 h_new[j] = row[3 * H + j] * tc[j]
 
 
-@jit
+@stage
 def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, mant_c, scale,
                   da_scale, log_h, log_c):
     r"""Log-domain BPTT through the recurrence.
@@ -161,16 +160,17 @@ def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, man
 
 
 @entry
-def gradients_item(item, pool, pool64, cursors, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
+def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
                    part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
-    """Forward, readout and log-domain BPTT of one work item (the loss's per-step adjoints
-    ``given`` injected when it has a nonzero first axis, see
-    :func:`~rnnsim.kernels.cpu_common.loss_adjoints`); writes only its own slots
+    """Forward, readout and log-domain BPTT of one work item (the loss kind follows
+    from the types of ``targets`` and ``given``, the per-step adjoints injected when
+    ``given`` is not None, see :func:`~rnnsim.kernels.cpu_readout.loss_adjoints`);
+    writes only its own slots
     (``part_*[item]`` except ``part_bhh``, which the bias tie supplies, and
     ``profiles[:, e, b0:b1]``: ln‖dL/dh_t‖, ln‖dL/dc_t‖; ``cursors[item]`` as in
     :func:`rnnsim.kernels.cpu_rnn.gradients_item`)."""
-    B, T, D = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+    T, D = inputs.shape[2], inputs.shape[3]
     H, GH = w_hh.shape[2], w_hh.shape[1]
     e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
     nb = b1 - b0
@@ -184,10 +184,9 @@ def gradients_item(item, pool, pool64, cursors, loss_every, inputs, targets, giv
     # overwrites in place with dL/da_t once a step's gates are spent
     gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
     lstm_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs, cs, tanh_cs)
-    inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
-        loss_every, targets, given, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item],
-        h_last, pool, cursor, pool64, cursor64)
+        targets, given, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item], h_last, pool, cursor,
+        pool64, cursor64)
     mant_c = np.zeros((nb, H), inputs.dtype)
     da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
     lstm_backward(gate_rows, cs, tanh_cs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h,

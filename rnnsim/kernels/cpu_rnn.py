@@ -15,18 +15,17 @@ from ._vmath import tanh
 from .cpu_common import (
     entry,
     gather_inputs,
-    jit,
-    loss_adjoints,
     lyapunov_block,
     renormalise,
+    stage,
     take,
     typed,
-    weight_gradients,
 )
-from .cpu_matmul import pack_panels, step_product
+from .cpu_matmul import matmul, pack_panels, step_product, weight_gradients
+from .cpu_readout import loss_adjoints
 
 
-@jit
+@stage
 def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs):
     r"""Forward recurrence.
 
@@ -48,7 +47,7 @@ def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs):
     T, nb, D = x.shape
     H = hs.shape[2]
     # Input projections of every step at once: one (T*nb, D) x (D, H) product.
-    np.dot(x.reshape(T * nb, D), w_ih_t, pre.reshape(T * nb, H))
+    matmul(x.reshape(T * nb, D), w_ih_t, pre.reshape(T * nb, H))
     hs[0] = 0
     recurrent = np.empty((nb, H), x.dtype)
     for t in range(T):
@@ -58,7 +57,7 @@ def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs):
                 hs[t + 1, b, j] = tanh(pre[t, b, j] + bias[j] + recurrent[b, j])
 
 
-@jit
+@stage
 def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale, log_h):
     r"""Log-domain BPTT through the recurrence.
 
@@ -105,17 +104,18 @@ def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale,
 
 
 @entry
-def gradients_item(item, pool, pool64, cursors, loss_every, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
+def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
                    part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
-    """Forward, readout and log-domain BPTT of one work item (the loss's per-step adjoints
-    ``given`` injected when it has a nonzero first axis, see
-    :func:`~rnnsim.kernels.cpu_common.loss_adjoints`); writes only its own slots
+    """Forward, readout and log-domain BPTT of one work item (the loss kind follows
+    from the types of ``targets`` and ``given``, the per-step adjoints injected when
+    ``given`` is not None, see :func:`~rnnsim.kernels.cpu_readout.loss_adjoints`);
+    writes only its own slots
     (``part_*[item]`` except ``part_bhh``, which the bias tie supplies,
     ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile, and ``cursors[item]``, its
     use of the thread's workspaces ``pool`` and ``pool64``, see
     :func:`~rnnsim.kernels.cpu_common.take`)."""
-    B, T, D = inputs.shape[1], inputs.shape[2], inputs.shape[3]
+    T, D = inputs.shape[2], inputs.shape[3]
     H = w_hh.shape[2]
     e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
     nb = b1 - b0
@@ -127,10 +127,9 @@ def gradients_item(item, pool, pool64, cursors, loss_every, inputs, targets, giv
     # the backward overwrites in place with dL/da_t (the projections are spent by then)
     gate_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
     rnn_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs)
-    inv_count = 1.0 / (B * T) if loss_every else 1.0 / B
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
-        loss_every, targets, given, e, b0, hs, w_out[e], b_out[e], inv_count, part_out[item], part_bout[item],
-        h_last, pool, cursor, pool64, cursor64)
+        targets, given, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item], h_last, pool, cursor,
+        pool64, cursor64)
     da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
     rnn_backward(hs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h, scale, gate_rows, da_scale,
                  profiles[0, e, b0:b1])
