@@ -24,9 +24,9 @@ from .. import config
 FASTMATH = set(config.NUMBA_FASTMATH)
 # Helpers are only called from @njit code: no Python or C wrapper to build for them.
 jit = njit(cache=True, fastmath=FASTMATH, nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
-# The stages that an entry point calls once (forward, readout, backward, weight
-# gradients): typed inside their caller. Compiled on their own, numba would optimise
-# their code twice, alone and again inside the caller.
+# The stages that an entry point calls once (a cell's forward and backward, the readout
+# of each loss kind): typed inside their caller. Compiled on their own, numba would
+# optimise their code twice, alone and again inside the caller.
 stage = njit(cache=True, fastmath=FASTMATH, nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True,
              inline="always")
 # The per-item entry points that the driver calls from Python threads.
