@@ -60,8 +60,9 @@ def gradients_bytes(G: int, n_states: int, E: int, B: int, T: int, D: int, H: in
     """Peak of one ``gradients`` call on the CPU, beyond the caller's own arrays.
 
     Counts a contiguous copy of the inputs, the log-norm profiles, the gradients
-    (float64 mantissas and the output copies), and the activations and packed
-    recurrent weights that ``workers`` work items of ``tile`` sequences keep at once.
+    (float64 mantissas and the output copies), and the activations, packed
+    recurrent weights and weight-gradient sums that ``workers`` work items of ``tile``
+    sequences keep at once.
     Those live in the workspace that the CPU threads keep between calls (``config.CPU_WORKSPACE_BYTES``);
     they are counted as fresh memory, so after a first call, whose workspace the OS no
     longer reports available, the check errs on the safe side by at most what is kept.
@@ -74,7 +75,10 @@ def gradients_bytes(G: int, n_states: int, E: int, B: int, T: int, D: int, H: in
         per_sequence += T * (K + H) * itemsize
     concurrent = min(workers, max(1, E * -(-B // tile)))
     panels = 2 * packed_weights_bytes(G, H, itemsize)  # W_hhᵀ for the forward, W_hh for the backward
-    return inputs + profiles + grads + concurrent * (min(tile, B) * per_sequence + panels)
+    # the weight gradients' running sum (G·H, H+D+1) and one block of their factor Z
+    block = min(max(1, int(config.CPU_WEIGHT_GRADIENT_ROWS)), T * min(tile, B))
+    sums = (G * H + block) * (H + D + 1) * itemsize
+    return inputs + profiles + grads + concurrent * (min(tile, B) * per_sequence + panels + sums)
 
 
 def forward_bytes(G: int, n_states: int, E: int, B: int, T: int, D: int, H: int, itemsize: int, *,

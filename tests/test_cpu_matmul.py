@@ -165,3 +165,26 @@ def test_matmul_rejects_strided_or_mixed_dtype_operands():
         blas_product(a[:, ::2], b[:3], np.empty((4, 5)))
     with pytest.raises(TypingError, match="float dtype"):
         blas_product(a.astype(np.float32), b, np.empty((4, 5)))
+
+
+@njit(cache=True)
+def blas_product_added(a, b, out):
+    matmul(a, b, out, True)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_matmul_accumulates_into_out(dtype):
+    """``accumulate``: out += a @ b (BLAS's beta = 1), as the weight gradients sum their blocks;
+    with K = 0 out keeps its values."""
+    rng = np.random.default_rng(7)
+    a = np.asfortranarray(rng.standard_normal((6, 9)).astype(dtype))
+    b = rng.standard_normal((9, 4)).astype(dtype)
+    start = rng.standard_normal((6, 4)).astype(dtype)
+    out = start.copy()
+    blas_product_added(a, b, out)
+    exact = start.astype(np.float64) + a.astype(np.float64) @ b.astype(np.float64)
+    bound = 2 * 10 * np.finfo(dtype).eps * (np.abs(start) + np.abs(a).astype(np.float64) @ np.abs(b))
+    assert np.all(np.abs(out - exact) <= bound)
+    before = out.copy()
+    blas_product_added(np.empty((6, 0), dtype), np.empty((0, 4), dtype), out)
+    assert np.array_equal(out, before)

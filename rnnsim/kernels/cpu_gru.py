@@ -180,11 +180,12 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
     h_rows = hs[:T].reshape(rows, H)
     x_rows = x.reshape(rows, D)
     s_star = weight_gradients(gate_rows.reshape(rows, GH), da_scale.reshape(rows), h_rows, x_rows,
-                              log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item])
+                              log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
+                              cursor)
     # The n block of the recurrent side takes δu instead of δa^n.
     unused_ih = np.empty((H, D), inputs.dtype)
     weight_gradients(u_rows.reshape(rows, H), da_scale.reshape(rows), h_rows, x_rows, log_cutoff,
-                     block_rows, unused_ih, part_hh[item, 2 * H:], part_bhh[item, 2 * H:])
+                     block_rows, unused_ih, part_hh[item, 2 * H:], part_bhh[item, 2 * H:], pool, cursor)
     for j in range(2 * H):
         part_bhh[item, j] = part_bih[item, j]
     part_scale[item] = s_star

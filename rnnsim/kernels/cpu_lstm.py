@@ -193,7 +193,8 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
                   mant_c, scale, da_scale, profiles[0, e, b0:b1], profiles[1, e, b0:b1])
     part_scale[item] = weight_gradients(
         gate_rows.reshape(T * nb, GH), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
-        x.reshape(T * nb, D), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item])
+        x.reshape(T * nb, D), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
+        cursor)
 
 
 @entry

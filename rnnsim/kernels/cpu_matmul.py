@@ -34,7 +34,7 @@ from numba.core import cgutils
 from numba.core import config as numba_config
 from numba.core.errors import TypingError
 from numba.extending import intrinsic
-from numba.np.linalg import call_xxgemm, ensure_blas
+from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
 from .cpu_common import jit, take, typed
 
@@ -193,8 +193,9 @@ def step_product(a, panels, out):
 
 
 @intrinsic
-def _gemm(typingctx, a, b, out):
-    """out = a @ b through numba's BLAS helper, without the checks of :func:`matmul`."""
+def _gemm(typingctx, a, b, out, beta):
+    """out = a @ b + beta * out through numba's BLAS helper, without the checks of
+    :func:`matmul` (as numba's np.dot calls it, with beta free)."""
     ensure_blas()  # SciPy's BLAS, as np.dot: the same clear error when it is missing
     for name, arr, layouts in (("a", a, "CF"), ("b", b, "CF"), ("out", out, "C")):
         if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.layout in layouts
@@ -203,18 +204,40 @@ def _gemm(typingctx, a, b, out):
                               "of out's float dtype")
 
     def codegen(context, builder, sig, args):
-        arrays = [context.make_array(ty)(context, builder, value) for ty, value in zip(sig.args, args)]
-        call_xxgemm(context, builder, *[part for ty, arr in zip(sig.args, arrays)
-                                        for part in (ty, cgutils.unpack_tuple(builder, arr.shape), arr.data)])
+        char, void_p = ir.IntType(8), ir.IntType(8).as_pointer()
+        intp = context.get_value_type(types.intp)
+        dtype = sig.args[2].dtype
+        gemm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+            ir.IntType(32), [char, char, char, intp, intp, intp, void_p, void_p, intp, void_p, intp, void_p,
+                             void_p, intp]), "numba_xxgemm")
+        arrays = [context.make_array(ty)(context, builder, value)
+                  for ty, value in zip(sig.args[:3], args[:3])]
+        (M, K), (_, N) = (cgutils.unpack_tuple(builder, arr.shape) for arr in arrays[:2])
+
+        def operand(ty, arr, rows, cols):
+            # BLAS is column-major: a C array is its own transpose there, an F array needs 't'
+            trans = ir.Constant(char, ord("n" if ty.layout == "C" else "t"))
+            return trans, (cols if ty.layout == "C" else rows), builder.bitcast(arr.data, void_p)
+
+        # out (M, N) row-major is outᵀ = bᵀ aᵀ column-major: BLAS's A is b and its B is a
+        trans_b, ld_b, data_b = operand(sig.args[1], arrays[1], K, N)
+        trans_a, ld_a, data_a = operand(sig.args[0], arrays[0], M, K)
+        alpha = cgutils.alloca_once_value(builder, context.get_constant(dtype, 1.0))
+        scale = cgutils.alloca_once_value(builder, context.cast(builder, args[3], sig.args[3], dtype))
+        status = builder.call(gemm, [
+            ir.Constant(char, ord(get_blas_kind(dtype))), trans_b, trans_a, N, M, K,
+            builder.bitcast(alpha, void_p), data_b, ld_b, data_a, ld_a, builder.bitcast(scale, void_p),
+            builder.bitcast(arrays[2].data, void_p), N])
+        check_blas_return(context, builder, status)  # fails only without BLAS: aborts, as np.dot
         return context.get_dummy_value()
 
-    return types.void(a, b, out), codegen
+    return types.void(a, b, out, types.float64), codegen
 
 
 @jit
-def matmul(a, b, out):
-    """``out = a @ b`` (2-d, ``a`` and ``b`` C- or F-contiguous, ``out`` C-contiguous)
-    in one BLAS call.
+def matmul(a, b, out, accumulate=False):
+    """``out = a @ b``, or ``out += a @ b`` with ``accumulate`` (2-d, ``a`` and ``b`` C- or
+    F-contiguous, ``out`` C-contiguous), in one BLAS call.
 
     np.dot calls the same BLAS helper of numba, but compiles, at every call site, its
     own checks, copies of strided operands and error formatting, and one dispatch per
@@ -228,16 +251,18 @@ def matmul(a, b, out):
         raise ValueError("matmul: a dimension does not fit BLAS's 32-bit integers")
     if m == 0 or n == 0:
         return
-    if k == 0:  # BLAS would refuse the leading dimension 0
-        for i in range(m):
-            for j in range(n):
-                out[i, j] = 0
+    if k == 0:  # BLAS would refuse the leading dimension 0; a @ b is zero
+        if not accumulate:
+            for i in range(m):
+                for j in range(n):
+                    out[i, j] = 0
         return
-    _gemm(a, b, out)
+    _gemm(a, b, out, 1.0 if accumulate else 0.0)
 
 
 @jit
-def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows, g_ih, g_hh, g_b):
+def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows, g_ih, g_hh, g_b, pool,
+                     cursor):
     """Mantissas of dW_ih, dW_hh, db relative to exp(S*), S* = max scale
     (identity 2 of :mod:`rnnsim.logdomain`).
 
@@ -248,6 +273,8 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows
     log_cutoff : float, ``rnnsim.logdomain.log_weight_cutoff(dtype)``
     block_rows : int >= 1, rows per partial product (``rnnsim.config.CPU_WEIGHT_GRADIENT_ROWS``)
     g_ih, g_hh, g_b : out, (G*H, D), (G*H, H), (G*H,)
+    pool, cursor : the item's workspace (:func:`~rnnsim.kernels.cpu_common.take`), for a
+        block of Z and the running sum (G*H, H+D+1)
 
     Returns S* (float64; -inf when every adjoint is zero).
 
@@ -256,8 +283,9 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows
     [dW_hh | dW_ih | db] = sum_r exp(s_r) da_r [h_r, x_r, 1]ᵀ = exp(S*) · DAᵀ Z, with
     Z_r = w_r [h_r, x_r, 1] and w_r = exp(s_r - S*) ≤ 1: one product instead of three,
     and the weights go on the narrow factor Z rather than on DA.
-    The product runs over blocks of ``block_rows`` rows, summed: Z is built one block
-    at a time, so it stays in cache and its memory does not grow with T.
+    The product runs over blocks of ``block_rows`` rows, which BLAS sums in place
+    (beta = 1): Z is built one block at a time, so it stays in cache and its memory
+    does not grow with T.
     Rows with ln w_r <= log_cutoff (sqrt(tiny) by default: 1e-19 in float32, 1e-154
     in float64) are dropped: their products would be denormal numbers, which cost
     the CPU ~100x per operation (seen: 20x slower float32 weight gradients).
@@ -269,9 +297,12 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows
     for r in range(R):
         s_star = max(s_star, scale_rows[r])
     n_max = max(1, min(block_rows, R))
-    z = np.empty((n_max, W), da_rows.dtype)
-    g = np.zeros((GH, W), da_rows.dtype)
-    part = np.empty((GH, W), da_rows.dtype)
+    z = take(pool, cursor, n_max * W).reshape((n_max, W))
+    g = take(pool, cursor, GH * W).reshape((GH, W))
+    if R == 0:
+        for i in range(GH):
+            for j in range(W):
+                g[i, j] = 0
     for r0 in range(0, R, n_max):
         n = min(n_max, R - r0)
         for i in range(n):
@@ -283,10 +314,7 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows
             for j in range(D):
                 z[i, H + j] = w * x_rows[r, j]
             z[i, H + D] = w
-        matmul(da_rows[r0:r0 + n].T, z[:n], part)
-        for i in range(GH):
-            for j in range(W):
-                g[i, j] += part[i, j]
+        matmul(da_rows[r0:r0 + n].T, z[:n], g, r0 > 0)  # BLAS sums the blocks in place
     for i in range(GH):  # element loops: an array-to-array slice assignment compiles
         for j in range(H):  # numba's shape-mismatch error formatting (~1 s per rank)
             g_hh[i, j] = g[i, j]

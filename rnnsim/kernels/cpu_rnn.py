@@ -135,7 +135,8 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
                  profiles[0, e, b0:b1])
     part_scale[item] = weight_gradients(
         gate_rows.reshape(T * nb, H), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
-        x.reshape(T * nb, D), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item])
+        x.reshape(T * nb, D), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
+        cursor)
 
 
 @entry
