@@ -61,9 +61,9 @@ def test_step_product_rejects_strided_rows():
         packed_product(a[:, ::2], w, np.empty((4, 5)))
 
 
-def _other_width_product(vector_bytes, vectors):
+def _other_width_product(vector_bytes, vectors, ahead):
     """step_product's loop on tiles of another host's vector width (AVX2: 32 bytes, one
-    vector per row; SSE: 16): this machine compiles them as well."""
+    vector per row; SSE: 16), prefetching ``ahead`` rows ahead: this machine compiles them as well."""
     tile8, tile4, tile2, tile1 = (cpu_matmul._tile(rows, vector_bytes, vectors) for rows in (8, 4, 2, 1))
 
     @njit
@@ -73,23 +73,30 @@ def _other_width_product(vector_bytes, vectors):
             ncols = min(width, N - p * width)
             i0 = 0
             while M - i0 >= 8:
-                tile8(a, panels, out, i0, p, ncols)
+                tile8(a, panels, out, i0, p, ncols, ahead)
                 i0 += 8
             if M - i0 >= 4:
-                tile4(a, panels, out, i0, p, ncols)
+                tile4(a, panels, out, i0, p, ncols, ahead)
                 i0 += 4
             if M - i0 >= 2:
-                tile2(a, panels, out, i0, p, ncols)
+                tile2(a, panels, out, i0, p, ncols, ahead)
                 i0 += 2
             if M - i0 >= 1:
-                tile1(a, panels, out, i0, p, ncols)
+                tile1(a, panels, out, i0, p, ncols, ahead)
     return product
 
 
-@pytest.mark.parametrize("vector_bytes, vectors", [(32, 1), (16, 1), (32, 2)])
+# this host's width too: step_product prefetches only panels larger than the cache,
+# so small tests reach the prefetching tiles only through here (ahead = 3 rows, which
+# also runs past the last panel's end)
+HOST_WIDTH = (cpu_matmul.VECTOR_BYTES, cpu_matmul.TILE_VECTORS)
+
+
+@pytest.mark.parametrize("vector_bytes, vectors", sorted({(32, 1), (16, 1), (32, 2), HOST_WIDTH}))
+@pytest.mark.parametrize("ahead", [0, 3])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_tiles_of_other_vector_widths(vector_bytes, vectors, dtype):
-    product = _other_width_product(vector_bytes, vectors)
+def test_tiles_of_other_vector_widths(vector_bytes, vectors, ahead, dtype):
+    product = _other_width_product(vector_bytes, vectors, ahead)
     width = vector_bytes * vectors // np.dtype(dtype).itemsize
     rng = np.random.default_rng(vector_bytes + vectors)
     for M, K, N in [(15, 33, 47), (8, 16, 2 * width), (3, 5, width - 1)]:

@@ -52,20 +52,23 @@ VECTOR_BYTES = 64 if "avx512f" in _FEATURES else 32 if "avx2" in _FEATURES else 
 TILE_ROWS = 8  # the remainder blocks below are 4, 2, 1: keep it 8
 TILE_VECTORS = 2 if VECTOR_BYTES == 64 else 1
 PANEL_BYTES = TILE_VECTORS * VECTOR_BYTES
-# The tile asks for the panel's row k + PREFETCH_ROWS while it multiplies row k. Weights
-# larger than the cache (an lstm's W_hh at H=1024 is 32 MB in float64) come from memory
-# every step, and the hardware prefetchers run too short a distance ahead to hide its
-# latency: one thread at 16 x 1024 x 4096 ran 19-23 GFLOP/s without, 52 with (float64).
+# Weights larger than the cache (an lstm's W_hh at H=1024 is 32 MB in float64) come
+# from memory every step, and the hardware prefetchers run too short a distance ahead
+# to hide its latency: one thread at 16 x 1024 x 4096 ran 19-23 GFLOP/s, 52 with the
+# tile asking for the panel's row k + PREFETCH_ROWS while it multiplies row k (float64).
+# Panels of at most PREFETCH_MIN_BYTES stay in cache between steps and are not prefetched.
 PREFETCH_ROWS = 64
+PREFETCH_MIN_BYTES = 4 << 20
 
 
 def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS):
-    """An intrinsic ``tile(a, panels, out, i0, p, ncols)``: out[i0:i0+rows, p*NR : p*NR+ncols]
-    = a[i0:i0+rows] @ panel p, with NR = vectors * vector_bytes // itemsize and ncols <= NR
-    (tests build the other hosts' widths)."""
+    """An intrinsic ``tile(a, panels, out, i0, p, ncols, ahead)``: out[i0:i0+rows, p*NR : p*NR+ncols]
+    = a[i0:i0+rows] @ panel p, with NR = vectors * vector_bytes // itemsize and ncols <= NR,
+    prefetching ``ahead`` panel rows ahead, or nothing when ``ahead`` is 0 (tests build
+    the other hosts' widths)."""
 
     @intrinsic
-    def tile(typingctx, a, panels, out, i0, p, ncols):
+    def tile(typingctx, a, panels, out, i0, p, ncols, ahead):
         for name, arr, ndim in (("a", a, 2), ("panels", panels, 3), ("out", out, 2)):
             if not (isinstance(arr, types.Array) and arr.ndim == ndim and arr.layout == "C"
                     and arr.dtype in (types.float32, types.float64) and arr.dtype == a.dtype):
@@ -85,7 +88,7 @@ def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS):
             arr_a = context.make_array(a_t)(context, builder, args[0])
             arr_w = context.make_array(panels_t)(context, builder, args[1])
             arr_o = context.make_array(out_t)(context, builder, args[2])
-            i0, p, ncols = args[3], args[4], args[5]
+            i0, p, ncols, ahead = args[3], args[4], args[5], args[6]
             K = cgutils.unpack_tuple(builder, arr_a.shape)[1]
             out_cols = cgutils.unpack_tuple(builder, arr_o.shape)[1]
             # accumulators as allocas: LLVM promotes them to vector registers
@@ -110,13 +113,15 @@ def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS):
             prefetch = cgutils.get_or_insert_function(
                 builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
             read_keep_data = [ir.Constant(i32, 0), ir.Constant(i32, 3), ir.Constant(i32, 1)]
+            prefetching = builder.icmp_signed("!=", ahead, idx(0))  # loop-invariant: LLVM unswitches it
             with cgutils.for_range(builder, K) as loop:
                 k = loop.index
                 w_row = builder.gep(panel, [builder.mul(k, idx(width))])
-                # past the last panel's end it asks for memory nobody uses: a prefetch never faults
-                ahead = builder.bitcast(builder.gep(w_row, [idx(PREFETCH_ROWS * width)]), i8p)
-                for line in range(0, width * itemsize, 64):  # every 64-byte cache line of a panel row
-                    builder.call(prefetch, [builder.gep(ahead, [idx(line)])] + read_keep_data)
+                with builder.if_then(prefetching):
+                    # past the last panel's end it asks for memory nobody uses: a prefetch never faults
+                    row = builder.bitcast(builder.gep(w_row, [builder.mul(ahead, idx(width))]), i8p)
+                    for line in range(0, width * itemsize, 64):  # every 64-byte cache line of a panel row
+                        builder.call(prefetch, [builder.gep(row, [idx(line)])] + read_keep_data)
                 w = [builder.load(builder.bitcast(builder.gep(w_row, [idx(v * lanes)]), vptr), align=itemsize)
                      for v in range(vectors)]
                 for i in range(rows):
@@ -141,7 +146,7 @@ def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS):
                                           builder.gep(row, [copy.index]))
             return context.get_dummy_value()
 
-        return types.void(a, panels, out, types.int64, types.int64, types.int64), codegen
+        return types.void(a, panels, out, types.int64, types.int64, types.int64, types.int64), codegen
 
     return tile
 
@@ -189,20 +194,21 @@ def step_product(a, panels, out):
     if (width * a.itemsize != PANEL_BYTES or panels.shape[1] != a.shape[1] or panels.shape[0] * width < N
             or out.shape[0] != M):
         raise ValueError("step_product: panels do not match a and out")
+    ahead = PREFETCH_ROWS if panels.size * panels.itemsize > PREFETCH_MIN_BYTES else 0
     for p in range(panels.shape[0]):  # one panel stays in cache over all the row blocks
         ncols = min(width, N - p * width)
         i0 = 0
         while M - i0 >= TILE_ROWS:
-            _tile_full(a, panels, out, i0, p, ncols)
+            _tile_full(a, panels, out, i0, p, ncols, ahead)
             i0 += TILE_ROWS
         if M - i0 >= 4:
-            _tile4(a, panels, out, i0, p, ncols)
+            _tile4(a, panels, out, i0, p, ncols, ahead)
             i0 += 4
         if M - i0 >= 2:
-            _tile2(a, panels, out, i0, p, ncols)
+            _tile2(a, panels, out, i0, p, ncols, ahead)
             i0 += 2
         if M - i0 >= 1:
-            _tile1(a, panels, out, i0, p, ncols)
+            _tile1(a, panels, out, i0, p, ncols, ahead)
 
 
 @intrinsic
