@@ -16,10 +16,12 @@ distinct weights per network:
   checked against rnnsim once per (shape, cell, dtype) (column "jax err": the largest
   ``max|g_jax - g| / max|g|`` over the parameters; a mismatch is flagged).
 
-It also measures the machine's GEMM rate (numpy matmul of 2048^2 matrices) and prints
-rnnsim's rate as a share of it. FLOPs counted per (network, sequence, step): forward
-2GH(D+H), backward 2GH·H (dL/dh) + 2GH·H (dW_hh) + 2GH·D (dW_ih), i.e. 6GH·H + 4GH·D
-with G the cell's gate blocks (1 rnn, 4 lstm, 3 gru); element-wise work is not counted.
+It also measures the machine's GEMM rate (numpy matmul of 2048^2 matrices) right before
+and right after each row's rnnsim timing, and prints rnnsim's rate as a share of the
+mean of the two. FLOPs
+counted per (network, sequence, step): forward 2GH(D+H), backward 2GH·H (dL/dh) +
+2GH·H (dW_hh) + 2GH·D (dW_ih), i.e. 6GH·H + 4GH·D with G the cell's gate blocks
+(1 rnn, 4 lstm, 3 gru); element-wise work is not counted.
 
 Usage::
 
@@ -67,11 +69,23 @@ def median_time(fn, repeats, budget=None, warmup=1):
     return float(np.median(times))
 
 
-def gemm_rate(dtype, n=2048, repeats=7):
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
-    b = a.T.copy()
-    seconds = median_time(lambda: a @ b, repeats)
-    return 2 * n ** 3 / seconds
+class GemmRate:
+    """The machine's GEMM rate (numpy matmul of n² matrices), sampled right before and right
+    after each row's rnnsim timing: a shared machine's speed drifts by ±30% over minutes,
+    and a rate from another moment would move the share with it. (A product after every
+    timed call would disturb the next one: BLAS's threads spin on after a call.)"""
+
+    def __init__(self, dtype, n=2048):
+        self.a = np.random.default_rng(0).standard_normal((n, n)).astype(dtype)
+        self.b = self.a.T.copy()
+        self.flop = 2 * n ** 3
+        self.samples = []
+        self.a @ self.b  # BLAS's first call pays its thread start-up
+
+    def sample(self, repeats=3):
+        rate = self.flop / median_time(lambda: self.a @ self.b, repeats, warmup=0)
+        self.samples.append(rate)
+        return rate
 
 
 def flops(cell, shape):
@@ -213,14 +227,17 @@ def best_torch(torch, run, args):
         torch.set_num_threads(default)
 
 
-def time_shape(shape, cell, dtype, args, torch, jax):
+def time_shape(shape, cell, dtype, args, torch, jax, gemm):
     E, B, H, T = shape
     params = rnnsim.init_params(cell, H, D, K, E, seed=0, dtype=dtype)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((E, B, T, D)).astype(dtype)
     y = rng.integers(0, K, size=(E, B))
     row = {"shape": shape, "dtype": np.dtype(dtype).name, "cell": cell}
+    before = gemm.sample()
+    # its warm-up call absorbs the BLAS threads' spinning after the products
     row["rnnsim"] = median_time(lambda: rnnsim.gradients(cell, params, x, y), args.repeats, args.budget)
+    row["gemm_share"] = flops(cell, shape) / row["rnnsim"] / (0.5 * (before + gemm.sample()))
     row["ref"] = None
     if shape == BENCHMARK and not args.quick:
         row["ref"] = median_time(lambda: reference.gradients(cell, params, x, y), 3, args.budget)
@@ -244,7 +261,7 @@ TABLE_HEADER = ("| shape | cell | dtype | rnnsim | NumPy ref / rnnsim | torch / 
                 "| JAX / rnnsim | GFLOP/s | % GEMM | JAX err |\n" + "|---" * 11 + "|")
 
 
-def print_row(row, peaks):
+def print_row(row):
     """One markdown row of the ratio table (printed as soon as the row is timed)."""
     def ms(seconds):
         return f"{seconds * 1e3:.1f} ms" if seconds is not None else "-"
@@ -259,7 +276,7 @@ def print_row(row, peaks):
     err_text = "-" if err is None else f"{err:.0e}" + ("" if err <= tol else " MISMATCH")
     print(f"| E={E} B={B} H={H} T={T} | {row['cell']} | {row['dtype']} | {ms(row['rnnsim'])} "
           f"| {ratio(row, 'ref')} | {ratio(row, 'torch')} | {ratio(row, 'ftz')} | {ratio(row, 'jax')} "
-          f"| {rate / 1e9:.1f} | {100 * rate / peaks[row['dtype']]:.0f}% | {err_text} |", flush=True)
+          f"| {rate / 1e9:.1f} | {100 * row['gemm_share']:.0f}% | {err_text} |", flush=True)
 
 
 def main():
@@ -288,7 +305,7 @@ def main():
     print(f"machine: {machine()}, {', '.join(notes)}")
     print(f"D={D}, K={K}, loss=last, forward + BPTT; medians; ratios above 1: rnnsim faster")
     dtypes = [np.dtype(name).type for name in args.dtypes.split(",")]
-    peaks = {np.dtype(dtype).name: gemm_rate(dtype) for dtype in dtypes}
+    gemms = {dtype: GemmRate(dtype) for dtype in dtypes}
     shapes = [tuple(int(v) for v in text.split(",")) for text in args.shape] if args.shape \
         else SHAPES[args.shapes]
     print()
@@ -296,10 +313,12 @@ def main():
     for shape in shapes:
         for dtype in dtypes:
             for cell in args.cells.split(","):
-                print_row(time_shape(shape, cell, dtype, args, torch, jax), peaks)
+                print_row(time_shape(shape, cell, dtype, args, torch, jax, gemms[dtype]))
     print()
-    for name, peak in peaks.items():
-        print(f"GEMM rate {name}: {peak / 1e9:.0f} GFLOP/s (numpy matmul 2048^2)")
+    for dtype, gemm in gemms.items():
+        rates = np.array(gemm.samples) / 1e9
+        print(f"GEMM rate {np.dtype(dtype).name}: {np.median(rates):.0f} GFLOP/s, {rates.min():.0f}-"
+              f"{rates.max():.0f} over the run (numpy matmul 2048^2, medians of 3 before and after each row)")
 
 
 if __name__ == "__main__":
