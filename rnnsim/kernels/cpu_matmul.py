@@ -119,9 +119,9 @@ def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS):
                 w_row = builder.gep(panel, [builder.mul(k, idx(width))])
                 with builder.if_then(prefetching):
                     # past the last panel's end it asks for memory nobody uses: a prefetch never faults
-                    row = builder.bitcast(builder.gep(w_row, [builder.mul(ahead, idx(width))]), i8p)
+                    later_row = builder.bitcast(builder.gep(w_row, [builder.mul(ahead, idx(width))]), i8p)
                     for line in range(0, width * itemsize, 64):  # every 64-byte cache line of a panel row
-                        builder.call(prefetch, [builder.gep(row, [idx(line)])] + read_keep_data)
+                        builder.call(prefetch, [builder.gep(later_row, [idx(line)])] + read_keep_data)
                 w = [builder.load(builder.bitcast(builder.gep(w_row, [idx(v * lanes)]), vptr), align=itemsize)
                      for v in range(vectors)]
                 for i in range(rows):
