@@ -18,10 +18,9 @@ distinct weights per network:
 
 It also measures the machine's GEMM rate (numpy matmul of 2048^2 matrices) right before
 and right after each row's rnnsim timing, and prints rnnsim's rate as a share of the
-mean of the two. FLOPs
-counted per (network, sequence, step): forward 2GH(D+H), backward 2GH·H (dL/dh) +
-2GH·H (dW_hh) + 2GH·D (dW_ih), i.e. 6GH·H + 4GH·D with G the cell's gate blocks
-(1 rnn, 4 lstm, 3 gru); element-wise work is not counted.
+mean of the two. FLOPs counted per (network, sequence, step): forward 2GH(D+H),
+backward 2GH·H (dL/dh) + 2GH·H (dW_hh) + 2GH·D (dW_ih), i.e. 6GH·H + 4GH·D with G the
+cell's gate blocks (1 rnn, 4 lstm, 3 gru); element-wise work is not counted.
 
 Usage::
 

@@ -102,11 +102,11 @@ def test_results_are_deterministic_and_independent_of_thread_count():
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("cell", cells.names())
-@pytest.mark.parametrize("rows", [1, 3, 10**9])
+@pytest.mark.parametrize("rows", [0, 1, 3, 10**9])
 def test_weight_gradients_in_row_blocks_match_reference(monkeypatch, cell, dtype, rows):
     """The weight-gradient product summed over blocks of 1 and 3 (step, sequence) rows, and
     over one block of all rows, gives the reference's gradients (T*nb = 7*5 rows: the last
-    block is partial)."""
+    block is partial); a setting below 1 counts as 1."""
     monkeypatch.setattr(config, "CPU_WEIGHT_GRADIENT_ROWS", rows)
     params, x, y = make_problem(cell, 2, 5, 7, 3, 4, 3, loss="every", dtype=dtype, seed=11)
     got = rnnsim.gradients(cell, params, x, y, loss="every")

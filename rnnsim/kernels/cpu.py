@@ -197,7 +197,7 @@ def gradients(problem, params, inputs, targets, adjoints=None):
     profiles = np.empty((len(spec.state), E, B, T + 1))  # ln‖dL/d(state_t)‖, in spec.state order
     h_last = np.empty((E, B, H), dt)
     cutoff = logdomain.log_weight_cutoff(dt)
-    block_rows = max(1, int(config.CPU_WEIGHT_GRADIENT_ROWS))
+    block_rows = int(config.CPU_WEIGHT_GRADIENT_ROWS)  # weight_gradients takes at least 1
     with _single_threaded_blas():
         _run_items(spec.kernels("cpu").gradients_item, n, inputs, tgt, given, w_ih_t, w_hh_t,
                    params["weight_hh_l0"], params["bias_ih_l0"], params["bias_hh_l0"], params["weight_out"],

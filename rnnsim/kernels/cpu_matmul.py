@@ -290,7 +290,7 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows
     h_rows : (R, H) h_{t-1} for each row
     x_rows : (R, D) x_t for each row
     log_cutoff : float, ``rnnsim.logdomain.log_weight_cutoff(dtype)``
-    block_rows : int >= 1, rows per partial product (``rnnsim.config.CPU_WEIGHT_GRADIENT_ROWS``)
+    block_rows : int, rows per partial product (``rnnsim.config.CPU_WEIGHT_GRADIENT_ROWS``; below 1 means 1)
     g_ih, g_hh, g_b : out, (G*H, D), (G*H, H), (G*H,)
     pool, cursor : the item's workspace (:func:`~rnnsim.kernels.cpu_common.take`), for a
         block of Z and the running sum (G*H, H+D+1)
