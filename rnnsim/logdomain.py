@@ -118,14 +118,27 @@ def merge_scaled(parts, part_scale, group, n_groups, cutoff):
     -------
     (merged dict name -> (n_groups, ...) float64, s_star (n_groups,) float64)
     """
-    s_star = np.full(n_groups, -np.inf)
-    np.maximum.at(s_star, group, part_scale)
-    rel = part_scale - np.where(np.isfinite(s_star[group]), s_star[group], 0.0)
+    part_scale = np.asarray(part_scale, dtype=np.float64)
+    one_each = _one_part_each(group, n_groups)  # then each sum is its one (scaled) part
+    if one_each:
+        s_star = part_scale.copy()
+    else:
+        s_star = np.full(n_groups, -np.inf)
+        np.maximum.at(s_star, group, part_scale)
+    group_star = s_star[group]
+    rel = part_scale - np.where(np.isfinite(group_star), group_star, 0.0)
     with np.errstate(invalid="ignore"):
         factor = np.where(np.isfinite(part_scale) & (rel > cutoff), np.exp(rel), 0.0)
-    merged = {key: group_sum(part * factor.reshape((-1,) + (1,) * (part.ndim - 1)), group, n_groups)
-              for key, part in parts.items()}
+    merged = {}
+    for key, part in parts.items():
+        scaled = part * factor.reshape((-1,) + (1,) * (part.ndim - 1))  # float64: factor is
+        merged[key] = scaled if one_each else group_sum(scaled, group, n_groups)
     return merged, s_star
+
+
+def _one_part_each(group, n_groups):
+    """Whether part i is the only part of group i (every group sum is then a copy)."""
+    return len(group) == n_groups and np.array_equal(group, np.arange(n_groups))
 
 
 def group_sum(values, group, n_groups):
@@ -135,8 +148,10 @@ def group_sum(values, group, n_groups):
     ``np.add.reduceat`` (np.add.at, the general case, is ~10x slower); both add each
     group's rows in index order.
     """
-    out = np.zeros((n_groups,) + values.shape[1:], dtype=np.float64)
     group = np.asarray(group)
+    if _one_part_each(group, n_groups):
+        return np.array(values, dtype=np.float64)
+    out = np.zeros((n_groups,) + values.shape[1:], dtype=np.float64)
     if len(group) and np.all(group[1:] >= group[:-1]):
         present = np.bincount(group, minlength=n_groups) > 0
         starts = np.searchsorted(group, np.flatnonzero(present))
@@ -191,38 +206,34 @@ def finalize(mantissas, log_scale, output_grads, dtype, clip=None):
     """
     E = log_scale.shape[0]
     scale = np.asarray(log_scale, dtype=np.float64).reshape(E)
-    sq_rec = np.zeros(E)
-    for key in RECURRENT_KEYS:
-        flat = np.asarray(mantissas[key], dtype=np.float64).reshape(E, -1)
-        sq_rec += np.einsum("ij,ij->i", flat, flat)  # no squared copy
-    sq_out = np.zeros(E)
-    for key in OUTPUT_KEYS:
-        sq_out += np.sum(np.asarray(output_grads[key], dtype=np.float64).reshape(E, -1) ** 2, axis=1)
-    with np.errstate(divide="ignore"):
-        log_rec = np.where(np.isfinite(scale), 2.0 * scale + np.log(sq_rec), -np.inf)
-        log_norm = 0.5 * np.logaddexp(log_rec, np.log(sq_out))
+    recurrent = [np.asarray(mantissas[key], dtype=np.float64) for key in RECURRENT_KEYS]
+    readout = [np.asarray(output_grads[key], dtype=np.float64) for key in OUTPUT_KEYS]
+    # squared norms per network, without a squared copy
+    sq_rec = sum(np.einsum("ij,ij->i", m.reshape(E, -1), m.reshape(E, -1)) for m in recurrent)
+    sq_out = sum(np.einsum("ij,ij->i", g.reshape(E, -1), g.reshape(E, -1)) for g in readout)
     out = {}
     factor = None
-    if clip is not None:
-        clipped = log_norm > math.log(clip)
-        factor = np.where(clipped, math.log(clip) - np.where(clipped, log_norm, 0.0), 0.0)
-        scale = scale + factor
-    # Where exp(S) is a normal float64, M * exp(S) (two roundings; an entry beyond the
-    # range becomes +-inf). Elsewhere exp(S) = 2^k 2^r, r in [0, 1): M 2^r cannot
-    # overflow and ldexp applies 2^k exactly. Both replace exp(ln|M| + S), whose log and
-    # exp per entry were most of a GPU call's host time.
-    normal = np.abs(scale) < 700.0
-    by_multiply = np.exp(np.where(normal, scale, 0.0))
-    for key in RECURRENT_KEYS:
-        m = np.asarray(mantissas[key], dtype=np.float64)
-        shape = (E,) + (1,) * (m.ndim - 1)
-        with np.errstate(over="ignore", invalid="ignore"):
-            value = m * by_multiply.reshape(shape)
-            for e in np.flatnonzero(~normal):
+    # one context for the whole: log(0) = -inf, and entries beyond the range become +-inf
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):
+        log_rec = np.where(np.isfinite(scale), 2.0 * scale + np.log(sq_rec), -np.inf)
+        log_norm = 0.5 * np.logaddexp(log_rec, np.log(sq_out))
+        if clip is not None:
+            clipped = log_norm > math.log(clip)
+            factor = np.where(clipped, math.log(clip) - np.where(clipped, log_norm, 0.0), 0.0)
+            scale = scale + factor
+        # Where exp(S) is a normal float64, M * exp(S) (two roundings; an entry beyond the
+        # range becomes +-inf). Elsewhere exp(S) = 2^k 2^r, r in [0, 1): M 2^r cannot
+        # overflow and ldexp applies 2^k exactly. Both replace exp(ln|M| + S), whose log and
+        # exp per entry were most of a GPU call's host time.
+        normal = np.abs(scale) < 700.0
+        by_multiply = np.exp(np.where(normal, scale, 0.0))
+        beyond = np.flatnonzero(~normal)
+        for key, m in zip(RECURRENT_KEYS, recurrent):
+            value = m * by_multiply.reshape((E,) + (1,) * (m.ndim - 1))
+            for e in beyond:
                 value[e] = _times_exp(m[e], scale[e])
-            out[key] = value.astype(dtype)
-    for key in OUTPUT_KEYS:
-        g = np.asarray(output_grads[key], dtype=np.float64)
+            out[key] = value.astype(dtype, copy=False)
+    for key, g in zip(OUTPUT_KEYS, readout):
         if factor is not None:
             g = g * np.exp(factor).reshape((E,) + (1,) * (g.ndim - 1))
         out[key] = g.astype(dtype)

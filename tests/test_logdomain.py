@@ -46,7 +46,7 @@ def test_cutoff_is_the_configured_power_of_tiny(dtype, monkeypatch):
     assert logdomain.log_weight_cutoff(dtype) == pytest.approx(math.log(np.finfo(dtype).tiny))
 
 
-def test_relative_weights_and_merge_equal_the_plain_sums():
+def test_relative_weights_equal_the_plain_exponentials():
     rng = np.random.default_rng(1)
     scales = rng.uniform(-5, 5, size=(2, 3, 4))
     scales[1, 0, 0] = -np.inf
@@ -54,16 +54,29 @@ def test_relative_weights_and_merge_equal_the_plain_sums():
     np.testing.assert_array_equal(top, scales.reshape(2, -1).max(axis=1))
     plain = np.where(np.isfinite(scales), np.exp(scales), 0)
     np.testing.assert_allclose(w * np.exp(top)[:, None, None], plain, rtol=1e-14)
-    parts = {"a": rng.standard_normal((5, 3))}
-    part_scale = np.array([1.0, -3.0, 2.0, -np.inf, 0.5])
-    group = np.array([0, 0, 1, 1, 1])
-    merged, s_star = logdomain.merge_scaled(parts, part_scale, group, 2, -700.0)
-    np.testing.assert_array_equal(s_star, [1.0, 2.0])
-    plain = np.zeros((2, 3))
-    for i in range(5):
-        if np.isfinite(part_scale[i]):
-            plain[group[i]] += parts["a"][i] * math.exp(part_scale[i])
-    np.testing.assert_allclose(merged["a"] * np.exp(s_star)[:, None], plain, rtol=1e-14)
+
+
+# several parts per group, then one part per group (the merge's shortcut: no sums)
+@pytest.mark.parametrize("group, part_scale", [
+    ([0, 0, 1, 1, 1], [1.0, -3.0, 2.0, -np.inf, 0.5]),
+    ([0, 1, 2, 3, 4], [1.0, -3.0, 2.0, -np.inf, 0.5]),
+], ids=["several", "one-each"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_merge_equals_the_plain_sums(group, part_scale, dtype):
+    rng = np.random.default_rng(1)
+    parts = {"a": rng.standard_normal((5, 3)).astype(dtype), "b": rng.standard_normal(5).astype(dtype)}
+    part_scale = np.array(part_scale)
+    n_groups = max(group) + 1
+    merged, s_star = logdomain.merge_scaled(parts, part_scale, np.array(group), n_groups, -700.0)
+    np.testing.assert_array_equal(s_star, [part_scale[np.array(group) == g].max() for g in range(n_groups)])
+    for key, part in parts.items():
+        plain = np.zeros((n_groups,) + part.shape[1:])
+        for i, g in enumerate(group):
+            if np.isfinite(part_scale[i]):
+                plain[g] += part[i].astype(np.float64) * math.exp(part_scale[i])
+        assert merged[key].dtype == np.float64
+        scale = np.where(np.isfinite(s_star), np.exp(s_star), 0.0).reshape((-1,) + (1,) * (part.ndim - 1))
+        np.testing.assert_allclose(merged[key] * scale, plain, rtol=1e-14)
 
 
 def test_terms_below_the_cutoff_are_dropped():
@@ -79,11 +92,14 @@ def test_finalize_gives_inf_never_nan_and_a_finite_log_norm():
     assert out["log_grad_norm_params"][0] == pytest.approx(1000.0 + 0.5 * math.log(4 * 0.5), abs=1e-12)
 
 
-@pytest.mark.parametrize("group", [[0, 0, 1, 3, 3, 3], [2, 0, 1, 0, 2, 1]], ids=["consecutive", "scattered"])
+@pytest.mark.parametrize("group", [[0, 0, 1, 3, 3, 3], [2, 0, 1, 0, 2, 1], [0, 1, 2, 3], [1, 0, 2, 3]],
+                         ids=["consecutive", "scattered", "one-each", "one-each-permuted"])
 def test_group_sum_equals_the_plain_sum_per_group(group):
-    values = np.random.default_rng(0).standard_normal((6, 2, 3))
-    expected = np.stack([values[np.asarray(group) == g].sum(axis=0) for g in range(4)])
-    np.testing.assert_allclose(logdomain.group_sum(values, np.array(group), 4), expected, rtol=1e-15, atol=0)
+    values = np.random.default_rng(0).standard_normal((len(group), 2, 3)).astype(np.float32)
+    expected = np.stack([values[np.asarray(group) == g].astype(np.float64).sum(axis=0) for g in range(4)])
+    out = logdomain.group_sum(values, np.array(group), 4)
+    assert out.dtype == np.float64 and not np.shares_memory(out, values)
+    np.testing.assert_allclose(out, expected, rtol=1e-15, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
