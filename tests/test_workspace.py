@@ -3,6 +3,7 @@ import sys
 
 import numpy as np
 import pytest
+from numba import njit
 
 import rnnsim
 from rnnsim import cells, config, reference
@@ -127,3 +128,65 @@ def test_a_thread_that_ends_takes_its_workspace_with_it(monkeypatch):
     gc.collect()
     assert kept[0] > 0  # it ran the items itself, and kept a workspace while it lived
     assert cpu.workspace_bytes() == 0
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["returns", "raises"])
+def test_blas_is_single_threaded_inside_a_call_and_restored_after(monkeypatch, fails):
+    """The items run BLAS on one thread each; the caller's setting comes back, even
+    when an item raises."""
+    libraries = cpu._blas_libraries()
+    assert libraries, "SciPy's BLAS was not found"
+    original = [library.get_num_threads() for library in libraries]
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append([library.get_num_threads() for library in libraries])
+        if fails:
+            raise RuntimeError("an item failed")
+        return run_items(*args, **kwargs)
+
+    run_items = cpu._run_items
+    monkeypatch.setattr(cpu, "_run_items", spy)
+    params, x, y = make_problem("rnn", 2, 3, 4, 2, 3, 2)
+    try:
+        for library in libraries:
+            library.set_num_threads(2)
+        if fails:
+            with pytest.raises(RuntimeError, match="an item failed"):
+                rnnsim.gradients("rnn", params, x, y)
+        else:
+            rnnsim.gradients("rnn", params, x, y)
+        assert seen == [[1] * len(libraries)]
+        assert [library.get_num_threads() for library in libraries] == [2] * len(libraries)
+    finally:
+        for library, threads in zip(libraries, original):
+            library.set_num_threads(threads)
+
+
+@njit(nogil=True, cache=True)
+def _count_item(item, counts, bad):
+    if item == bad:
+        raise ValueError("bad item")
+    counts[item] += 1
+
+
+@pytest.mark.parametrize("n_items", [1, 2, 3, 9])
+def test_every_item_runs_once_and_an_items_error_comes_back(n_items):
+    counts = np.zeros(n_items, np.int64)
+    cpu._run_items(_count_item, n_items, counts, -1)
+    np.testing.assert_array_equal(counts, 1)
+    with pytest.raises(ValueError, match="bad item"):
+        cpu._run_items(_count_item, n_items, np.zeros(n_items, np.int64), n_items - 1)
+
+
+def test_calls_from_several_threads_at_once_give_the_serial_results():
+    import concurrent.futures
+
+    cells_of = cells.names() * 2
+    problems = [make_problem(cell, 2, 3, 5, 2, 4, 3, seed=seed) for seed, cell in enumerate(cells_of)]
+    serial = [rnnsim.gradients(cell, *problem) for cell, problem in zip(cells_of, problems)]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(problems)) as callers:
+        together = list(callers.map(lambda job: rnnsim.gradients(job[0], *job[1]), zip(cells_of, problems)))
+    for one, other in zip(serial, together):
+        for key in one:
+            np.testing.assert_array_equal(other[key], one[key], err_msg=key)
