@@ -37,10 +37,12 @@ def format_bytes(nbytes: float) -> str:
     return f"{nbytes / 2**20:.3g} MiB"
 
 
-def require(nbytes: float, what: str) -> None:
-    """ValueError when ``nbytes`` exceeds :func:`available_bytes`; ``what`` names the work."""
+def require(nbytes: float, what) -> None:
+    """ValueError when ``nbytes`` exceeds :func:`available_bytes`; ``what`` names the work
+    (a string, or a function that returns it: formatted only for the error)."""
     limit = available_bytes()
     if nbytes > limit:
+        what = what() if callable(what) else what
         raise ValueError(f"{what} needs about {format_bytes(nbytes)} of memory but only "
                          f"{format_bytes(limit)} is available; use smaller sizes")
 

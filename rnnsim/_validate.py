@@ -94,7 +94,8 @@ def _require_memory(problem, need_targets: bool) -> None:
         nbytes = _memory.forward_bytes(p.G, n_states, p.E, p.B, p.T, p.D, p.H, item,
                                        workers=workers, tile=tile)
         what = "forward"
-    _memory.require(nbytes, f"{what}() for E={p.E}, B={p.B}, T={p.T}, D={p.D}, H={p.H}, K={p.K} ({p.dtype})")
+    _memory.require(nbytes,
+                    lambda: f"{what}() for E={p.E}, B={p.B}, T={p.T}, D={p.D}, H={p.H}, K={p.K} ({p.dtype})")
 
 
 def check_problem(cell, params, inputs, targets, loss="last", *, need_targets=True):
