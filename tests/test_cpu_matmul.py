@@ -7,6 +7,15 @@ from numba.core.errors import TypingError
 
 from rnnsim.kernels import cpu_matmul
 from rnnsim.kernels.cpu_matmul import PANEL_BYTES, matmul, pack_panels, step_product
+from rnnsim.kernels.cpu_team import SIZE, TEAM_WORDS
+
+
+@njit(cache=True)
+def alone():
+    """The control block of a team of one: step_product computes every panel itself."""
+    team = np.zeros(TEAM_WORDS, np.int64)
+    team[SIZE] = 1
+    return team
 
 
 @njit(cache=True)
@@ -14,7 +23,7 @@ def packed_product(a, w, out):
     pool = np.full(w.shape[0] * (w.shape[1] + PANEL_BYTES) + 64, np.nan, w.dtype)
     cursor = np.zeros(1, np.int64)
     panels = pack_panels(w, pool, cursor)
-    step_product(a, panels, out)
+    step_product(a, panels, out, alone())
     return panels
 
 
@@ -124,7 +133,7 @@ def test_step_product_rejects_mismatched_shapes(k_rows, out_rows):
 
 @njit
 def _mismatched(a, w, pool, cursor, out):
-    step_product(a, pack_panels(w, pool, cursor), out)
+    step_product(a, pack_panels(w, pool, cursor), out, alone())
 
 
 @njit(cache=True)

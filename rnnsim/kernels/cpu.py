@@ -8,7 +8,10 @@ thin functions :func:`gradients` / :func:`forward` that the engine calls.
 
 A work item is one network and a tile of its sequences. Items never share an
 output slot; the partial weight gradients of the tiles of one network are merged
-afterwards in the log domain (identity 2 of :mod:`rnnsim.logdomain`).
+afterwards in the log domain (identity 2 of :mod:`rnnsim.logdomain`). When there are
+fewer items than threads (one network, one sequence), the threads left over join the
+items as teams on their per-step products (:mod:`rnnsim.kernels.cpu_team`,
+``config.CPU_TEAM_MIN_SHARE``).
 
 Memory: the activations that BPTT keeps (see the forward kernels) live only while
 their item runs, so at most O(threads · tile · T · G·H) at once, plus the (E, B, T+1)
@@ -31,7 +34,9 @@ import numpy as np
 from numba import get_num_threads
 
 from .. import cells, config, logdomain
+from . import cpu_team
 from .cpu_common import WORKSPACE_ALIGN_BYTES
+from .cpu_matmul import team_helper
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,7 +102,7 @@ def release_workspaces():
             pools.clear()
 
 
-def _run_items(item_kernel, n_items, *args, dtype=None):
+def _run_items(item_kernel, n_items, *args, dtype=None, team_size=1):
     """Run ``item_kernel(item, *args)`` for every item on ``numba.get_num_threads()`` threads
     (the calling thread and a pool's), and re-raise the first exception of an item.
 
@@ -107,9 +112,12 @@ def _run_items(item_kernel, n_items, *args, dtype=None):
     item writes only its own output slots, exactly as a prange body would.
 
     With ``dtype``, the kernel is called as ``item_kernel(item, pool, pool64, cursors,
-    *args)``: the running thread's workspaces in ``dtype`` and in float64, and the
+    teams, *args)``: the running thread's workspaces in ``dtype`` and in float64, the
     (n_items, 2) elements each item took from them
-    (:func:`rnnsim.kernels.cpu_common.take`), by which a short workspace grows.
+    (:func:`rnnsim.kernels.cpu_common.take`), by which a short workspace grows, and
+    the items' team control blocks, (n_items, TEAM_WORDS): with ``team_size`` > 1,
+    each item's thread leads ``team_size - 1`` helper threads of its own on the
+    per-step products (:mod:`rnnsim.kernels.cpu_team`).
     """
     if dtype is None:
         def run(item):
@@ -118,10 +126,14 @@ def _run_items(item_kernel, n_items, *args, dtype=None):
         # two roles, so that a float64 call's two workspaces never alias
         keys = (("values", np.dtype(dtype)), ("scales", np.dtype(np.float64)))
         cursors = np.zeros((n_items, 2), np.int64)
+        teams = np.zeros((n_items, cpu_team.TEAM_WORDS), np.int64)
+        teams[:, cpu_team.SIZE] = team_size
+        like = np.empty(0, dtype)
 
         def run(item):
             pools = [_workspace(key) for key in keys]
-            item_kernel(item, pools[0], pools[1], cursors, *args)
+            with _helpers(teams[item], like):
+                item_kernel(item, pools[0], pools[1], cursors, teams, *args)
             sizes = [pool.size for pool in pools]
             del pools  # a short workspace is freed before its larger successor is made
             for key, size, used in zip(keys, sizes, cursors[item]):
@@ -155,6 +167,42 @@ def _run_items(item_kernel, n_items, *args, dtype=None):
     concurrent.futures.wait(helpers)
     if failed:
         raise failed[0]
+
+
+@contextlib.contextmanager
+def _helpers(team, like):
+    """Threads of their own for the helpers of ``team`` while its leader runs the item.
+
+    Never pool threads: a helper queued behind another call's work would leave its
+    leader waiting. The helper's code is compiled here first, in the leader's thread,
+    so that a compile error is raised, not lost in a helper while the leader waits."""
+    size = int(team[cpu_team.SIZE])
+    if size <= 1:
+        yield
+        return
+    dismissed = np.zeros(cpu_team.TEAM_WORDS, np.int64)
+    cpu_team.dismiss(dismissed)
+    team_helper(dismissed, 1, like)  # returns at once: compiles (or loads) it
+    helpers = [threading.Thread(target=team_helper, args=(team, rank, like), name="rnnsim-team", daemon=True)
+               for rank in range(1, size)]
+    for helper in helpers:
+        helper.start()
+    try:
+        yield
+    finally:
+        cpu_team.dismiss(team)
+        for helper in helpers:
+            helper.join()
+
+
+def _team_size(n_items, nb, G, H):
+    """Threads per item: the threads that the items leave free, shared between them,
+    but no more than leave each member ``config.CPU_TEAM_MIN_SHARE`` multiply-adds of
+    one step's product (nb x H by H x G·H): a step's synchronisation grows with the team."""
+    threads = get_num_threads()
+    if n_items >= threads:
+        return 1
+    return max(1, min(threads // n_items, nb * H * G * H // max(1, int(config.CPU_TEAM_MIN_SHARE))))
 
 
 @functools.lru_cache(maxsize=1)
@@ -241,7 +289,8 @@ def gradients(problem, params, inputs, targets, adjoints=None):
         _run_items(spec.kernels("cpu").gradients_item, n, inputs, tgt, given, w_ih_t, w_hh_t,
                    params["weight_hh_l0"], params["bias_ih_l0"], params["bias_hh_l0"], params["weight_out"],
                    params["bias_out"], net, b0, b1, cutoff, block_rows, part_ih, part_hh, part_bih, part_bhh,
-                   part_scale, part_out, part_bout, part_loss, profiles, h_last, dtype=dt)
+                   part_scale, part_out, part_bout, part_loss, profiles, h_last, dtype=dt,
+                   team_size=_team_size(n, int(np.max(b1 - b0)), problem.G, H))
     parts = {"weight_ih_l0": part_ih, "weight_hh_l0": part_hh, "bias_ih_l0": part_bih}
     if not spec.folded_bias:  # else bias_hh_l0 follows from the bias tie (logdomain.tie_biases)
         parts["bias_hh_l0"] = part_bhh
@@ -268,7 +317,8 @@ def forward(problem, params, inputs):
     states = np.empty((len(spec.state), problem.E, problem.B, problem.T, problem.H), problem.dtype)
     with _single_threaded_blas():
         _run_items(spec.kernels("cpu").forward_item, len(net), inputs, w_ih_t, w_hh_t, params["bias_ih_l0"],
-                   params["bias_hh_l0"], net, b0, b1, states, dtype=problem.dtype)
+                   params["bias_hh_l0"], net, b0, b1, states, dtype=problem.dtype,
+                   team_size=_team_size(len(net), int(np.max(b1 - b0)), problem.G, problem.H))
     return dict(zip(spec.state, states))
 
 

@@ -26,7 +26,7 @@ from .cpu_readout import loss_adjoints
 
 
 @stage
-def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs):
+def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs, team):
     r"""Forward recurrence.
 
     Parameters
@@ -39,6 +39,7 @@ def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs):
     gates : (T, nb, 3H) out: r, z, n of every step
     u_rows : (T, nb, H) out: u = W_hn h_{t-1} + b_hn of every step
     hs : (T+1, nb, H) out: h_t, with h_0 = 0
+    team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
 
     Notes
     -----
@@ -54,7 +55,7 @@ def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs):
     hs[0] = 0
     hid = np.empty((nb, GH), x.dtype)
     for t in range(T):
-        step_product(hs[t], w_hh_t_panels, hid)
+        step_product(hs[t], w_hh_t_panels, hid, team)
         for b in range(nb):
             # one array written per loop, so that each loop vectorises (see cpu_lstm)
             row = gates[t, b]
@@ -73,7 +74,7 @@ def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs):
 
 
 @stage
-def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale, da_scale, log_h):
+def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale, da_scale, log_h, team):
     r"""Log-domain BPTT through the recurrence.
 
     Parameters
@@ -90,6 +91,7 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
     scale : (nb,) float64 in/out
     da_scale : (T, nb) out: log-scales of the rows
     log_h : (nb, T+1) out: ln ||dL/dh_t||
+    team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
 
     Notes
     -----
@@ -135,7 +137,7 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
                 gates[t - 1, b, j] = rows_in[b, j]
             for j in range(H):
                 u_rows[t - 1, b, j] = rows_hid[b, 2 * H + j]
-        step_product(rows_hid, w_hh_panels, mant_h)
+        step_product(rows_hid, w_hh_panels, mant_h, team)
         for b in range(nb):
             for j in range(H):
                 mant_h[b, j] += direct[b, j]
@@ -148,7 +150,7 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
 
 
 @entry
-def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
+def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
                    part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss kind follows
@@ -156,7 +158,7 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
     ``given`` is not None, see :func:`~rnnsim.kernels.cpu_readout.loss_adjoints`);
     writes only its own slots
     (``part_*[item]``, ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile, and
-    ``cursors[item]`` as in :func:`rnnsim.kernels.cpu_rnn.gradients_item`)."""
+    ``cursors[item]`` and ``teams[item]`` as in :func:`rnnsim.kernels.cpu_rnn.gradients_item`)."""
     T, D = inputs.shape[2], inputs.shape[3]
     H, GH = w_hh.shape[2], w_hh.shape[1]
     e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
@@ -168,13 +170,14 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
     # place with the input-side adjoint rows; u_rows likewise becomes δu
     gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
     u_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
-    gru_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), b_ih[e], b_hh[e], gate_rows, u_rows, hs)
+    gru_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), b_ih[e], b_hh[e], gate_rows, u_rows, hs,
+                teams[item])
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
         targets, given, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item], h_last, pool, cursor,
         pool64, cursor64)
     da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
     gru_backward(gate_rows, u_rows, hs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h, scale,
-                 da_scale, profiles[0, e, b0:b1])
+                 da_scale, profiles[0, e, b0:b1], teams[item])
     # Input side and the r, z blocks of the recurrent side share their rows: one product.
     rows = T * nb
     h_rows = hs[:T].reshape(rows, H)
@@ -192,10 +195,10 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
 
 
 @entry
-def forward_item(item, pool, pool64, cursors, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1,
-                 states):
+def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0,
+                 item_b1, states):
     """Forward pass of one work item into its own slots of ``states[0]`` = h (E, B, T, H)
-    (and ``cursors[item]``, as in :func:`gradients_item`; ``pool64`` is unused)."""
+    (and ``cursors[item]`` and ``teams[item]``, as in :func:`gradients_item`; ``pool64`` is unused)."""
     T = inputs.shape[2]
     H, GH = w_hh_t.shape[1], w_hh_t.shape[2]
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
@@ -204,7 +207,8 @@ def forward_item(item, pool, pool64, cursors, inputs, w_ih_t, w_hh_t, b_ih, b_hh
     hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
     gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
     u_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
-    gru_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), b_ih[e], b_hh[e], gate_rows, u_rows, hs)
+    gru_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), b_ih[e], b_hh[e], gate_rows, u_rows, hs,
+                teams[item])
     for b in range(nb):
         for t in range(T):
             for j in range(H):

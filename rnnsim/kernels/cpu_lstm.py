@@ -24,7 +24,7 @@ from .cpu_readout import loss_adjoints
 
 
 @stage
-def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs):
+def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs, team):
     r"""Forward recurrence.
 
     Parameters
@@ -37,6 +37,7 @@ def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs):
     gates : (T, nb, 4H) out: activated gates (i, f, g, o) of every step
     hs, cs : (T+1, nb, H) out: h_t and c_t, with h_0 = c_0 = 0
     tanh_cs : (T, nb, H) out: tanh(c_t) for t = 1..T
+    team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
 
     Notes
     -----
@@ -53,7 +54,7 @@ def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs):
     cs[0] = 0
     pre = np.empty((nb, GH), x.dtype)
     for t in range(T):
-        step_product(hs[t], w_hh_t_panels, pre)
+        step_product(hs[t], w_hh_t_panels, pre, team)
         for b in range(nb):
             # Short loops that each write one array: LLVM vectorises a loop only when
             # its runtime alias checks stay few (a fused loop over six arrays ran 3x slower).
@@ -81,7 +82,7 @@ def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs):
 
 @stage
 def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, mant_c, scale,
-                  da_scale, log_h, log_c):
+                  da_scale, log_h, log_c, team):
     r"""Log-domain BPTT through the recurrence.
 
     Parameters
@@ -96,6 +97,7 @@ def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, man
     scale : (nb,) float64 in/out, shared by (dh, carried dc)
     da_scale : (T, nb) out: log-scales of the rows of dL/da
     log_h, log_c : (nb, T+1) out: ln ||dL/dh_t||, ln ||dL/dc_t|| (total derivative)
+    team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
 
     Notes
     -----
@@ -144,7 +146,7 @@ def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, man
         for b in range(nb):  # the gates of step t are spent; keep dL/da_t for the weights
             for j in range(4 * H):
                 gates[t - 1, b, j] = da[b, j]
-        step_product(da, w_hh_panels, mant_h)
+        step_product(da, w_hh_panels, mant_h, team)
         if use_local:
             renormalise(scale, mant_h, mant_c, local[t - 1], local_log[t - 1])
         else:
@@ -160,7 +162,7 @@ def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, man
 
 
 @entry
-def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
+def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
                    part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss kind follows
@@ -168,7 +170,7 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
     ``given`` is not None, see :func:`~rnnsim.kernels.cpu_readout.loss_adjoints`);
     writes only its own slots
     (``part_*[item]`` except ``part_bhh``, which the bias tie supplies, and
-    ``profiles[:, e, b0:b1]``: ln‖dL/dh_t‖, ln‖dL/dc_t‖; ``cursors[item]`` as in
+    ``profiles[:, e, b0:b1]``: ln‖dL/dh_t‖, ln‖dL/dc_t‖; ``cursors[item]`` and ``teams[item]`` as in
     :func:`rnnsim.kernels.cpu_rnn.gradients_item`)."""
     T, D = inputs.shape[2], inputs.shape[3]
     H, GH = w_hh.shape[2], w_hh.shape[1]
@@ -183,14 +185,15 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
     # one (step, sequence) row per gate unit: the activated gates, which the backward
     # overwrites in place with dL/da_t once a step's gates are spent
     gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
-    lstm_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs, cs, tanh_cs)
+    lstm_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs, cs, tanh_cs,
+                 teams[item])
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
         targets, given, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item], h_last, pool, cursor,
         pool64, cursor64)
     mant_c = np.zeros((nb, H), inputs.dtype)
     da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
     lstm_backward(gate_rows, cs, tanh_cs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h,
-                  mant_c, scale, da_scale, profiles[0, e, b0:b1], profiles[1, e, b0:b1])
+                  mant_c, scale, da_scale, profiles[0, e, b0:b1], profiles[1, e, b0:b1], teams[item])
     part_scale[item] = weight_gradients(
         gate_rows.reshape(T * nb, GH), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
         x.reshape(T * nb, D), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
@@ -198,10 +201,10 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
 
 
 @entry
-def forward_item(item, pool, pool64, cursors, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1,
-                 states):
+def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0,
+                 item_b1, states):
     """Forward pass of one work item into its own slots of ``states`` = (h, c), each (E, B, T, H)
-    (and ``cursors[item]``, as in :func:`gradients_item`; ``pool64`` is unused)."""
+    (and ``cursors[item]`` and ``teams[item]``, as in :func:`gradients_item`; ``pool64`` is unused)."""
     T = inputs.shape[2]
     H, GH = w_hh_t.shape[1], w_hh_t.shape[2]
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
@@ -212,7 +215,8 @@ def forward_item(item, pool, pool64, cursors, inputs, w_ih_t, w_hh_t, b_ih, b_hh
     cs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
     gates = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
     tanh_cs = take(pool, cursor, T * nb * H).reshape((T, nb, H))
-    lstm_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gates, hs, cs, tanh_cs)
+    lstm_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gates, hs, cs, tanh_cs,
+                 teams[item])
     for b in range(nb):
         for t in range(T):
             for j in range(H):

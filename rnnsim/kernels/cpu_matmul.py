@@ -36,7 +36,27 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
-from .cpu_common import jit, take, typed
+from .cpu_common import entry, jit, take, typed
+from .cpu_team import (
+    A_ADDRESS,
+    AHEAD,
+    DONE,
+    GEN,
+    K_ROWS,
+    M_ROWS,
+    N_COLUMNS,
+    N_PANELS,
+    OUT_ADDRESS,
+    PANELS_ADDRESS,
+    QUIT,
+    SIZE,
+    add_acquire_release,
+    share,
+    store_release,
+    view,
+    wait_for_change,
+    wait_for_value,
+)
 
 
 def _target_features():
@@ -173,19 +193,21 @@ def pack_panels(w, pool, cursor):
 
 
 @jit
-def step_product(a, panels, out):
-    r"""``out = a @ w`` for ``w`` packed by :func:`pack_panels`.
+def step_product(a, panels, out, team):
+    r"""``out = a @ w`` for ``w`` packed by :func:`pack_panels`, shared with the helpers of
+    ``team`` when it has any (:mod:`~rnnsim.kernels.cpu_team`).
 
     Parameters
     ----------
     a : (M, K) C-contiguous
     panels : (P, K, NR) from :func:`pack_panels`
     out : (M, N) C-contiguous, N <= P * NR; overwritten
+    team : (TEAM_WORDS,) int64, the item's team control block (``team[SIZE]`` 1: alone)
 
     Notes
     -----
     :math:`\mathrm{out}_{ij} = \sum_k a_{ik} w_{kj}`, summed in order of k with one
-    fused multiply-add per term.
+    fused multiply-add per term, whoever computes column j.
     """
     M = a.shape[0]
     N = out.shape[1]
@@ -195,7 +217,27 @@ def step_product(a, panels, out):
             or out.shape[0] != M):
         raise ValueError("step_product: panels do not match a and out")
     ahead = PREFETCH_ROWS if panels.size * panels.itemsize > PREFETCH_MIN_BYTES else 0
-    for p in range(panels.shape[0]):  # one panel stays in cache over all the row blocks
+    size = team[SIZE]
+    if size <= 1:
+        _panel_products(a, panels, out, 0, panels.shape[0], ahead)
+        return
+    team[A_ADDRESS], team[M_ROWS], team[K_ROWS] = a.ctypes.data, M, a.shape[1]
+    team[PANELS_ADDRESS], team[N_PANELS] = panels.ctypes.data, panels.shape[0]
+    team[OUT_ADDRESS], team[N_COLUMNS], team[AHEAD] = out.ctypes.data, N, ahead
+    team[DONE] = 0
+    store_release(team, GEN, team[GEN] + 1)  # publishes the fields above and a's rows
+    start, stop = share(panels.shape[0], 0, size)
+    _panel_products(a, panels, out, start, stop, ahead)
+    wait_for_value(team, DONE, size - 1)
+
+
+@jit
+def _panel_products(a, panels, out, start, stop, ahead):
+    """Columns of panels [start, stop) of ``out = a @ w``, in tiles of rows."""
+    M = a.shape[0]
+    N = out.shape[1]
+    width = panels.shape[2]
+    for p in range(start, stop):  # one panel stays in cache over all the row blocks
         ncols = min(width, N - p * width)
         i0 = 0
         while M - i0 >= TILE_ROWS:
@@ -209,6 +251,25 @@ def step_product(a, panels, out):
             i0 += 2
         if M - i0 >= 1:
             _tile1(a, panels, out, i0, p, ncols, ahead)
+
+
+@entry
+def team_helper(team, rank, like):
+    """A helper thread of ``team`` (rank >= 1): computes its share of every product the
+    leader publishes, until dismissed (:func:`~rnnsim.kernels.cpu_team.dismiss`);
+    ``like`` is an empty array of the products' dtype."""
+    seen = 0
+    while True:
+        seen = wait_for_change(team, GEN, seen)
+        if team[QUIT]:
+            return
+        M, K, P = team[M_ROWS], team[K_ROWS], team[N_PANELS]
+        a = view(team[A_ADDRESS], (M, K), like)
+        panels = view(team[PANELS_ADDRESS], (P, K, PANEL_BYTES // like.itemsize), like)
+        out = view(team[OUT_ADDRESS], (M, team[N_COLUMNS]), like)
+        start, stop = share(P, rank, team[SIZE])
+        _panel_products(a, panels, out, start, stop, team[AHEAD])
+        add_acquire_release(team, DONE, 1)
 
 
 @intrinsic

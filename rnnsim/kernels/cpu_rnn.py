@@ -26,7 +26,7 @@ from .cpu_readout import loss_adjoints
 
 
 @stage
-def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs):
+def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs, team):
     r"""Forward recurrence.
 
     Parameters
@@ -38,6 +38,7 @@ def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs):
     bias : (H,) b_ih + b_hh
     pre : (T, nb, H) scratch; holds the input projections (overwritten by backward)
     hs : (T+1, nb, H) out; hs[0] = 0, hs[t] = h_t
+    team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
 
     Notes
     -----
@@ -51,14 +52,14 @@ def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs):
     hs[0] = 0
     recurrent = np.empty((nb, H), x.dtype)
     for t in range(T):
-        step_product(hs[t], w_hh_t_panels, recurrent)
+        step_product(hs[t], w_hh_t_panels, recurrent, team)
         for b in range(nb):
             for j in range(H):
                 hs[t + 1, b, j] = tanh(pre[t, b, j] + bias[j] + recurrent[b, j])
 
 
 @stage
-def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale, log_h):
+def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale, log_h, team):
     r"""Log-domain BPTT through the recurrence.
 
     Parameters
@@ -75,6 +76,7 @@ def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale,
     da : (T, nb, H) out: mantissas of dL/da_t (time index t-1)
     da_scale : (T, nb) out: their log-scales
     log_h : (nb, T+1) out: ln ||dL/dh_t||
+    team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
 
     Notes
     -----
@@ -94,7 +96,7 @@ def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale,
             for j in range(H):
                 h = hs[t, b, j]
                 da[t - 1, b, j] = mant_h[b, j] * (one - h * h)
-        step_product(da[t - 1], w_hh_panels, mant_h)
+        step_product(da[t - 1], w_hh_panels, mant_h, team)
         if use_local:
             renormalise(scale, mant_h, no_c, local[t - 1], local_log[t - 1])
         else:
@@ -104,7 +106,7 @@ def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale,
 
 
 @entry
-def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
+def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
                    part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss kind follows
@@ -114,7 +116,9 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
     (``part_*[item]`` except ``part_bhh``, which the bias tie supplies,
     ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile, and ``cursors[item]``, its
     use of the thread's workspaces ``pool`` and ``pool64``, see
-    :func:`~rnnsim.kernels.cpu_common.take`)."""
+    :func:`~rnnsim.kernels.cpu_common.take`); ``teams[item]`` is its team control block, shared
+    with helper threads on the per-step products when it has any
+    (:mod:`~rnnsim.kernels.cpu_team`)."""
     T, D = inputs.shape[2], inputs.shape[3]
     H = w_hh.shape[2]
     e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
@@ -126,13 +130,13 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
     # one (step, sequence) row per gate unit: the forward's input projections, which
     # the backward overwrites in place with dL/da_t (the projections are spent by then)
     gate_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
-    rnn_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs)
+    rnn_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs, teams[item])
     part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
         targets, given, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item], h_last, pool, cursor,
         pool64, cursor64)
     da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
     rnn_backward(hs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h, scale, gate_rows, da_scale,
-                 profiles[0, e, b0:b1])
+                 profiles[0, e, b0:b1], teams[item])
     part_scale[item] = weight_gradients(
         gate_rows.reshape(T * nb, H), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
         x.reshape(T * nb, D), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
@@ -140,10 +144,10 @@ def gradients_item(item, pool, pool64, cursors, inputs, targets, given, w_ih_t, 
 
 
 @entry
-def forward_item(item, pool, pool64, cursors, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0, item_b1,
-                 states):
+def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0,
+                 item_b1, states):
     """Forward pass of one work item into its own slots of ``states[0]`` = h (E, B, T, H)
-    (and ``cursors[item]``, as in :func:`gradients_item`; ``pool64`` is unused)."""
+    (and ``cursors[item]`` and ``teams[item]``, as in :func:`gradients_item`; ``pool64`` is unused)."""
     T = inputs.shape[2]
     H = w_hh_t.shape[1]
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
@@ -152,7 +156,7 @@ def forward_item(item, pool, pool64, cursors, inputs, w_ih_t, w_hh_t, b_ih, b_hh
     bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
     hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
     pre = take(pool, cursor, T * nb * H).reshape((T, nb, H))
-    rnn_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, pre, hs)
+    rnn_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, pre, hs, teams[item])
     for b in range(nb):
         for t in range(T):
             for j in range(H):

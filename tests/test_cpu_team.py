@@ -1,0 +1,115 @@
+"""Teams of threads on one work item's per-step products (rnnsim.kernels.cpu_team).
+
+A team's product is computed column by column by exactly one member with the same
+code, so on one machine it equals the product of one thread bitwise; the kernels with
+teams are checked against the reference like every other fast path.
+"""
+import numpy as np
+import pytest
+from numba import njit
+
+import rnnsim
+from rnnsim import cells, config, reference
+from rnnsim.kernels import cpu, cpu_team
+from rnnsim.kernels.cpu_matmul import PANEL_BYTES, pack_panels, step_product
+
+from helpers import assert_outputs_close, make_problem
+
+
+@njit(cache=True)
+def repeated_products(a, w, out, team, repeats):
+    """``repeats`` products of a changing ``a`` (each step's input is the last output's
+    first columns, as in a recurrence); the outputs of every step, stacked."""
+    pool = np.empty(w.shape[0] * (w.shape[1] + PANEL_BYTES) + 64, w.dtype)
+    panels = pack_panels(w, pool, np.zeros(1, np.int64))
+    outs = np.empty((repeats,) + out.shape, out.dtype)
+    for r in range(repeats):
+        step_product(a, panels, out, team)
+        outs[r] = out
+        for i in range(a.shape[0]):
+            for k in range(a.shape[1]):
+                a[i, k] = np.tanh(out[i, k % out.shape[1]])
+    return outs
+
+
+def _team(size):
+    team = np.zeros(cpu_team.TEAM_WORDS, np.int64)
+    team[cpu_team.SIZE] = size
+    return team
+
+
+# N: fewer panels than members (some members get none), uneven and even splits
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("size", [2, 3, 5])
+@pytest.mark.parametrize("M, K, N", [(1, 8, 3), (3, 37, 70), (9, 64, 256)])
+def test_a_teams_products_equal_one_threads_bitwise(M, K, N, size, dtype):
+    rng = np.random.default_rng(M + K + N)
+    a0 = rng.standard_normal((M, K)).astype(dtype)
+    w = (rng.standard_normal((K, N)) / np.sqrt(K)).astype(dtype)
+    out = np.empty((M, N), dtype)
+    solo = repeated_products(a0.copy(), w, out, _team(1), 40)
+    team = _team(size)
+    with cpu._helpers(team, np.empty(0, dtype)):
+        shared = repeated_products(a0.copy(), w, out, team, 40)
+    np.testing.assert_array_equal(shared, solo)
+    assert team[cpu_team.GEN] == 41  # 40 products and the dismissal
+
+
+@pytest.fixture
+def teams_everywhere(monkeypatch):
+    """Every call with fewer items than threads gets a team, however small its products."""
+    monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE", 0)
+    sizes = []
+    run_items = cpu._run_items
+
+    def spy(*args, **kwargs):
+        sizes.append(kwargs.get("team_size", 1))
+        return run_items(*args, **kwargs)
+
+    monkeypatch.setattr(cpu, "_run_items", spy)
+    return sizes
+
+
+# one network and one sequence: one work item, so every other thread helps it;
+# "threads" 3 on this 2-core machine: a team larger than the cores still finishes
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", cells.names())
+@pytest.mark.parametrize("loss", ["last", "every", "mse-every"])
+@pytest.mark.parametrize("threads", [2, 3])
+def test_gradients_with_a_team_match_reference(teams_everywhere, monkeypatch, cell, loss, dtype, threads):
+    monkeypatch.setattr(cpu, "get_num_threads", lambda: threads)
+    params, x, y = make_problem(cell, 1, 1, 9, 3, 21, 3, loss=loss, dtype=dtype, seed=5)
+    got = rnnsim.gradients(cell, params, x, y, loss=loss)
+    assert threads in teams_everywhere
+    assert_outputs_close(got, reference.gradients(cell, params, x, y, loss=loss), dtype)
+
+
+@pytest.mark.parametrize("cell", cells.names())
+def test_a_team_gives_the_results_of_one_thread_bitwise(teams_everywhere, monkeypatch, cell):
+    """One item of three sequences, alone and then with a helper (same machine, same call)."""
+    params, x, y = make_problem(cell, 1, 3, 7, 2, 19, 3, loss="every", seed=2)
+    monkeypatch.setattr(cpu, "get_num_threads", lambda: 2)
+    one_item = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.full(1, 3, np.int64))
+    monkeypatch.setattr(cpu, "_work_items", lambda E, B: one_item)
+    monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE", 1 << 62)
+    alone = rnnsim.gradients(cell, params, x, y, loss="every")
+    alone_states = rnnsim.forward(cell, params, x)
+    monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE", 0)
+    together = rnnsim.gradients(cell, params, x, y, loss="every")
+    states = rnnsim.forward(cell, params, x)
+    assert teams_everywhere == [1, 1, 2, 2]
+    for key in alone:
+        np.testing.assert_array_equal(together[key], alone[key], err_msg=key)
+    for key in alone_states:
+        np.testing.assert_array_equal(states[key], alone_states[key], err_msg=key)
+
+
+def test_teams_only_where_items_leave_threads_free_and_products_are_large(monkeypatch):
+    monkeypatch.setattr(cpu, "get_num_threads", lambda: 8)
+    monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE", 1000)
+    assert cpu._team_size(8, 4, 1, 64) == 1  # no thread free
+    assert cpu._team_size(2, 4, 1, 64) == 4  # 16k multiply-adds a step: 4 members of 4k
+    assert cpu._team_size(3, 4, 1, 64) == 2
+    assert cpu._team_size(1, 1, 1, 44) == 1  # 1936: two members would get under 1000 each
+    assert cpu._team_size(1, 1, 1, 45) == 2
+    assert cpu._team_size(1, 1, 4, 64) == 8  # 16k: as many as the threads
