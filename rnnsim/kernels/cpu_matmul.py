@@ -36,7 +36,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
-from .cpu_common import entry, jit, take, typed
+from .cpu_common import entry, jit, stage, take, typed
 from .cpu_team import (
     A_ADDRESS,
     AHEAD,
@@ -218,20 +218,20 @@ def step_product(a, panels, out, team):
         raise ValueError("step_product: panels do not match a and out")
     ahead = PREFETCH_ROWS if panels.size * panels.itemsize > PREFETCH_MIN_BYTES else 0
     size = team[SIZE]
-    if size <= 1:
-        _panel_products(a, panels, out, 0, panels.shape[0], ahead)
-        return
-    team[A_ADDRESS], team[M_ROWS], team[K_ROWS] = a.ctypes.data, M, a.shape[1]
-    team[PANELS_ADDRESS], team[N_PANELS] = panels.ctypes.data, panels.shape[0]
-    team[OUT_ADDRESS], team[N_COLUMNS], team[AHEAD] = out.ctypes.data, N, ahead
-    team[DONE] = 0
-    store_release(team, GEN, team[GEN] + 1)  # publishes the fields above and a's rows
-    start, stop = share(panels.shape[0], 0, size)
-    _panel_products(a, panels, out, start, stop, ahead)
-    wait_for_value(team, DONE, size - 1)
+    start, stop = 0, panels.shape[0]
+    if size > 1:
+        team[A_ADDRESS], team[M_ROWS], team[K_ROWS] = a.ctypes.data, M, a.shape[1]
+        team[PANELS_ADDRESS], team[N_PANELS] = panels.ctypes.data, panels.shape[0]
+        team[OUT_ADDRESS], team[N_COLUMNS], team[AHEAD] = out.ctypes.data, N, ahead
+        team[DONE] = 0
+        store_release(team, GEN, team[GEN] + 1)  # publishes the fields above and a's rows
+        start, stop = share(panels.shape[0], 0, size)
+    _panel_products(a, panels, out, start, stop, ahead)  # one call site: the tiles are compiled once
+    if size > 1:
+        wait_for_value(team, DONE, size - 1)
 
 
-@jit
+@stage
 def _panel_products(a, panels, out, start, stop, ahead):
     """Columns of panels [start, stop) of ``out = a @ w``, in tiles of rows."""
     M = a.shape[0]

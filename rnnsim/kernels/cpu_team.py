@@ -26,7 +26,7 @@ from numba import carray, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .cpu_common import entry, jit
+from .cpu_common import entry, jit, stage
 
 # Word offsets in a team's control block. The leader writes GEN, the helpers DONE:
 # 128 bytes apart, so that they never share a cache line (nor its neighbour).
@@ -94,7 +94,7 @@ def _relax(typingctx, spins):
     return types.void(types.int64), codegen
 
 
-@jit
+@stage
 def wait_for_change(team, word, seen):
     """Wait until ``team[word]`` differs from ``seen``; return its new value."""
     spins = 0
@@ -106,7 +106,7 @@ def wait_for_change(team, word, seen):
         spins += 1
 
 
-@jit
+@stage
 def wait_for_value(team, word, target):
     """Wait until ``team[word] == target``."""
     spins = 0
@@ -115,7 +115,7 @@ def wait_for_value(team, word, target):
         spins += 1
 
 
-@jit
+@stage
 def share(n, rank, size):
     """Member ``rank``'s range [start, stop) of ``n`` panels split between ``size``
     members, as evenly as whole panels allow (the leader is rank 0)."""
