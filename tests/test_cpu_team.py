@@ -113,3 +113,24 @@ def test_teams_only_where_items_leave_threads_free_and_products_are_large(monkey
     assert cpu._team_size(1, 1, 1, 44) == 1  # 1936: two members would get under 1000 each
     assert cpu._team_size(1, 1, 1, 45) == 2
     assert cpu._team_size(1, 1, 4, 64) == 8  # 16k: as many as the threads
+
+
+def test_helpers_that_started_are_dismissed_when_another_cannot_start(monkeypatch):
+    import threading
+
+    started = []
+    real_start = threading.Thread.start
+
+    def start(thread):
+        if started:
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+        started.append(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    team = _team(3)
+    with pytest.raises(RuntimeError, match="can't start"):
+        with cpu._helpers(team, np.empty(0)):
+            pytest.fail("the item ran without its whole team")
+    started[0].join(timeout=60)
+    assert not started[0].is_alive()

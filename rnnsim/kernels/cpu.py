@@ -183,11 +183,13 @@ def _helpers(team, like):
     dismissed = np.zeros(cpu_team.TEAM_WORDS, np.int64)
     cpu_team.dismiss(dismissed)
     team_helper(dismissed, 1, like)  # returns at once: compiles (or loads) it
-    helpers = [threading.Thread(target=team_helper, args=(team, rank, like), name="rnnsim-team", daemon=True)
-               for rank in range(1, size)]
-    for helper in helpers:
-        helper.start()
+    helpers = []
     try:
+        for rank in range(1, size):
+            helper = threading.Thread(target=team_helper, args=(team, rank, like), name="rnnsim-team",
+                                      daemon=True)
+            helper.start()  # if a later one cannot start, the item does not run and these are dismissed
+            helpers.append(helper)
         yield
     finally:
         cpu_team.dismiss(team)
