@@ -134,3 +134,18 @@ def test_helpers_that_started_are_dismissed_when_another_cannot_start(monkeypatc
             pytest.fail("the item ran without its whole team")
     started[0].join(timeout=60)
     assert not started[0].is_alive()
+
+
+def test_calls_with_teams_from_several_threads_at_once_give_the_serial_results(teams_everywhere):
+    """Three callers, each leading a team of 2 on this 2-core machine: the waits yield."""
+    import concurrent.futures
+
+    jobs = [(cell, make_problem(cell, 1, 1, 12, 3, 33, 3, seed=seed))
+            for seed, cell in enumerate(cells.names())]
+    serial = [rnnsim.gradients(cell, *problem) for cell, problem in jobs]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as callers:
+        together = list(callers.map(lambda job: rnnsim.gradients(job[0], *job[1]), jobs))
+    assert set(teams_everywhere) == {2}
+    for one, other in zip(serial, together):
+        for key in one:
+            np.testing.assert_array_equal(other[key], one[key], err_msg=key)
