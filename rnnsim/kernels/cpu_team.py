@@ -13,8 +13,8 @@ Ordering: the leader's plain stores (the inputs of the step, the block's fields)
 before its release store of ``GEN``; a helper reads them after its acquire load of
 ``GEN``. A helper's plain stores into ``out`` come before its acquire-release
 increment of ``DONE``, which the leader reads with an acquire load before it reads
-``out``. Every wait spins a short while, then yields the core to the OS, so a team
-larger than the free cores is slower, never stuck.
+``out``. Every wait spins a short while, then yields the core to the OS (POSIX
+``sched_yield``), so a team larger than the free cores is slower, never stuck.
 """
 from __future__ import annotations
 
