@@ -6,8 +6,8 @@ the *leader*, publishes the product ``out = a @ w`` on a shared control block
 (``team``, an int64 array of :data:`TEAM_WORDS`), computes its share of the weight
 panels, and waits until each *helper* has computed its own share
 (:func:`rnnsim.kernels.cpu_matmul.step_product`, :func:`~rnnsim.kernels.cpu_matmul.team_helper`).
-Each output column is computed by exactly one thread with the same code, so a team's
-result is bitwise the leader's alone.
+Each output column is computed by exactly one thread with the same code, summing in
+the same order as one thread alone would.
 
 Ordering: the leader's plain stores (the inputs of the step, the block's fields) come
 before its release store of ``GEN``; a helper reads them after its acquire load of
