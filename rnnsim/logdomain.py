@@ -131,7 +131,7 @@ def merge_scaled(parts, part_scale, group, n_groups, cutoff):
         factor = np.where(np.isfinite(part_scale) & (rel > cutoff), np.exp(rel), 0.0)
     merged = {}
     for key, part in parts.items():
-        scaled = part * factor.reshape((-1,) + (1,) * (part.ndim - 1))  # float64: factor is
+        scaled = part * factor.reshape((-1,) + (1,) * (part.ndim - 1))  # float64, as factor is
         merged[key] = scaled if one_each else group_sum(scaled, group, n_groups)
     return merged, s_star
 
