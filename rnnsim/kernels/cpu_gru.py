@@ -80,9 +80,9 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
     Parameters
     ----------
     gates : (T, nb, 3H) from :func:`gru_forward`; **overwritten** step by step with the
-        input-side rows (δa^r, δa^z, δa^n) once that step's gates are spent
-    u_rows : (T, nb, H) from :func:`gru_forward`; **overwritten** with δu = δa^n ⊙ r,
-        the n block of the recurrent-side rows
+        recurrent-side rows (δa^r, δa^z, δu), δu = δa^n ⊙ r, once that step's gates are spent
+    u_rows : (T, nb, H) from :func:`gru_forward`; **overwritten** with δa^n, the n block
+        of the input-side rows
     hs : (T+1, nb, H)
     w_hh_panels : the recurrent weights (3H, H) as panels of
         :func:`~rnnsim.kernels.cpu_matmul.pack_panels`
@@ -132,11 +132,11 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
                 d_hid[2 * H + j] = d_in[2 * H + j] * row[j]
             for j in range(H):
                 direct[b, j] = row[H + j] * dh[j]
-        for b in range(nb):  # the gates of step t are spent; keep the input-side rows and δu
+        for b in range(nb):  # the gates of step t are spent; keep the recurrent-side rows and δa^n
             for j in range(3 * H):
-                gates[t - 1, b, j] = rows_in[b, j]
+                gates[t - 1, b, j] = rows_hid[b, j]
             for j in range(H):
-                u_rows[t - 1, b, j] = rows_hid[b, 2 * H + j]
+                u_rows[t - 1, b, j] = rows_in[b, 2 * H + j]
         step_product(rows_hid, w_hh_panels, mant_h, team)
         for b in range(nb):
             for j in range(H):
@@ -167,7 +167,7 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     x = gather_inputs(inputs, e, b0, nb, pool, cursor)
     hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
     # one (step, sequence) row per gate unit: r, z, n, which the backward overwrites in
-    # place with the input-side adjoint rows; u_rows likewise becomes δu
+    # place with the recurrent-side adjoint rows (δa^r, δa^z, δu); u_rows likewise becomes δa^n
     gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
     u_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
     gru_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), b_ih[e], b_hh[e], gate_rows, u_rows, hs,
@@ -178,19 +178,22 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
     gru_backward(gate_rows, u_rows, hs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h, scale,
                  da_scale, profiles[0, e, b0:b1], teams[item])
-    # Input side and the r, z blocks of the recurrent side share their rows: one product.
+    # The recurrent side of every block, and the input side of r and z, share their rows
+    # (δa^r, δa^z, δu): one product with [h, x, 1]. Its n block's x columns (δu x) are
+    # not a gradient; the second product, δa^n with [x, 1] only, overwrites them. Both
+    # products together are the (3H, H+D+2) gradients plus H·D, where δa^n with [h, x, 1]
+    # beside them would add H·(H+D+1).
     rows = T * nb
-    h_rows = hs[:T].reshape(rows, H)
     x_rows = x.reshape(rows, D)
-    s_star = weight_gradients(gate_rows.reshape(rows, GH), da_scale.reshape(rows), h_rows, x_rows,
-                              log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
-                              cursor)
-    # The n block of the recurrent side takes δu instead of δa^n.
-    unused_ih = np.empty((H, D), inputs.dtype)
-    weight_gradients(u_rows.reshape(rows, H), da_scale.reshape(rows), h_rows, x_rows, log_cutoff,
-                     block_rows, unused_ih, part_hh[item, 2 * H:], part_bhh[item, 2 * H:], pool, cursor)
-    for j in range(2 * H):
+    s_star = weight_gradients(gate_rows.reshape(rows, GH), da_scale.reshape(rows), hs[:T].reshape(rows, H),
+                              x_rows, log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item],
+                              pool, cursor)
+    for j in range(GH):  # db_hr, db_hz equal db_ir, db_iz; Σ δu is db_hn
         part_bhh[item, j] = part_bih[item, j]
+    no_columns = np.empty((rows, 0), inputs.dtype)  # the factor Z is then [x, 1]
+    unused_ih = np.empty((H, 0), inputs.dtype)
+    weight_gradients(u_rows.reshape(rows, H), da_scale.reshape(rows), x_rows, no_columns, log_cutoff,
+                     block_rows, unused_ih, part_ih[item, 2 * H:], part_bih[item, 2 * H:], pool, cursor)
     part_scale[item] = s_star
 
 
