@@ -1,4 +1,6 @@
 """Bad input to rnnsim.gradients: a ValueError/TypeError whose message names the problem."""
+import os
+
 import numpy as np
 import pytest
 
@@ -123,3 +125,26 @@ def test_memory_limit_refuses_a_normal_call(problem, monkeypatch):
     monkeypatch.setattr(config, "MEMORY_LIMIT_BYTES", 1000)
     with pytest.raises(ValueError, match="needs about .* of memory but only"):
         _call(*problem)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="Linux only: /proc/meminfo")
+def test_available_memory_is_the_os_figure():
+    """Without a configured limit, the memory a call may use is MemAvailable of
+    /proc/meminfo (read here line by line, as a second reading of the same file;
+    the OS's figure moves between the two reads, so within 5%)."""
+    from rnnsim import _memory
+    with open("/proc/meminfo") as fh:
+        kib = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
+    assert _memory.available_bytes() == pytest.approx(kib * 1024, rel=0.05)
+
+
+def test_available_memory_without_meminfo_falls_back(monkeypatch):
+    """Where /proc/meminfo cannot be read, the OS's free pages count instead (within 5%:
+    they move between the two reads)."""
+    from rnnsim import _memory
+
+    def refuse(*args, **kwargs):
+        raise OSError("no /proc here")
+    monkeypatch.setattr(_memory.os, "open", refuse)
+    expected = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    assert _memory.available_bytes() == pytest.approx(expected, rel=0.05)
