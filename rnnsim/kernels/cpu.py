@@ -237,16 +237,18 @@ def _single_threaded_blas():
 
 
 def _work_items(E, B):
-    """Split every network's B sequences into tiles; enough items to fill every thread."""
+    """Split every network's B sequences into tiles; enough items to fill every thread.
+
+    Returns int64 ``(net, b0, b1)``: item i is sequences ``b0[i]:b1[i]`` of network
+    ``net[i]``. Only a network's last tile can be short, so item 0's is the largest."""
     tile = max(1, min(config.CPU_SEQUENCE_TILE, B))
     threads = get_num_threads()
     while E * math.ceil(B / tile) < threads and tile > 1:
         tile = math.ceil(tile / 2)
-    starts = np.arange(0, B, tile)
-    net = np.repeat(np.arange(E), len(starts))
-    b0 = np.tile(starts, E)
-    b1 = np.minimum(b0 + tile, B)
-    return net.astype(np.int64), b0.astype(np.int64), b1.astype(np.int64)
+    tiles = -(-B // tile)
+    item = np.arange(E * tiles, dtype=np.int64)  # network-major: a network's tiles are consecutive
+    net, b0 = item // tiles, item % tiles * tile
+    return net, b0, np.minimum(b0 + tile, B)
 
 
 def _prepared_weights(params):
@@ -292,7 +294,7 @@ def gradients(problem, params, inputs, targets, adjoints=None):
                    params["weight_hh_l0"], params["bias_ih_l0"], params["bias_hh_l0"], params["weight_out"],
                    params["bias_out"], net, b0, b1, cutoff, block_rows, part_ih, part_hh, part_bih, part_bhh,
                    part_scale, part_out, part_bout, part_loss, profiles, h_last, dtype=dt,
-                   team_size=_team_size(n, int(np.max(b1 - b0)), problem.G, H))
+                   team_size=_team_size(n, int(b1[0] - b0[0]), problem.G, H))
     parts = {"weight_ih_l0": part_ih, "weight_hh_l0": part_hh, "bias_ih_l0": part_bih}
     if not spec.folded_bias:  # else bias_hh_l0 follows from the bias tie (logdomain.tie_biases)
         parts["bias_hh_l0"] = part_bhh
@@ -320,7 +322,7 @@ def forward(problem, params, inputs):
     with _single_threaded_blas():
         _run_items(spec.kernels("cpu").forward_item, len(net), inputs, w_ih_t, w_hh_t, params["bias_ih_l0"],
                    params["bias_hh_l0"], net, b0, b1, states, dtype=problem.dtype,
-                   team_size=_team_size(len(net), int(np.max(b1 - b0)), problem.G, problem.H))
+                   team_size=_team_size(len(net), int(b1[0] - b0[0]), problem.G, problem.H))
     return dict(zip(spec.state, states))
 
 
