@@ -120,15 +120,16 @@ def merge_scaled(parts, part_scale, group, n_groups, cutoff):
     """
     part_scale = np.asarray(part_scale, dtype=np.float64)
     one_each = _one_part_each(group, n_groups)  # then each sum is its one (scaled) part
-    if one_each:
+    if one_each:  # each part is its group's maximum: exp(0) = 1 (above any cutoff, < 0) for a finite scale
         s_star = part_scale.copy()
+        factor = np.isfinite(part_scale).astype(np.float64)
     else:
         s_star = np.full(n_groups, -np.inf)
         np.maximum.at(s_star, group, part_scale)
-    group_star = s_star[group]
-    rel = part_scale - np.where(np.isfinite(group_star), group_star, 0.0)
-    with np.errstate(invalid="ignore"):
-        factor = np.where(np.isfinite(part_scale) & (rel > cutoff), np.exp(rel), 0.0)
+        group_star = s_star[group]
+        rel = part_scale - np.where(np.isfinite(group_star), group_star, 0.0)
+        with np.errstate(invalid="ignore"):
+            factor = np.where(np.isfinite(part_scale) & (rel > cutoff), np.exp(rel), 0.0)
     merged = {}
     for key, part in parts.items():
         scaled = part * factor.reshape((-1,) + (1,) * (part.ndim - 1))  # float64, as factor is
