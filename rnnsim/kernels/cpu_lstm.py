@@ -64,10 +64,14 @@ def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs, team):
                 p[j] += row[j] + bias[j]
             for j in range(2 * H):
                 row[j] = sigmoid(p[j])  # i, f
-            for j in range(2 * H, 3 * H):
-                row[j] = tanh(p[j])  # g
-            for j in range(3 * H, GH):
-                row[j] = sigmoid(p[j])  # o
+            # g and o through views indexed from 0: a loop over range(2H, 3H) keeps numba's
+            # negative-index wraparound on every element, and vectorised ~1.5x slower
+            g, g_pre = row[2 * H:3 * H], p[2 * H:3 * H]
+            for j in range(H):
+                g[j] = tanh(g_pre[j])
+            o, o_pre = row[3 * H:], p[3 * H:]
+            for j in range(H):
+                o[j] = sigmoid(o_pre[j])
             c_prev = cs[t, b]
             c_new = cs[t + 1, b]
             for j in range(H):
