@@ -128,11 +128,12 @@ def test_memory_limit_refuses_a_normal_call(problem, monkeypatch):
 
 
 @pytest.mark.skipif(not os.path.exists("/proc/meminfo"), reason="Linux only: /proc/meminfo")
-def test_available_memory_is_the_os_figure():
+def test_available_memory_is_the_os_figure(monkeypatch):
     """Without a configured limit, the memory a call may use is MemAvailable of
     /proc/meminfo (read here line by line, as a second reading of the same file;
     the OS's figure moves between the two reads, so within 5%)."""
-    from rnnsim import _memory
+    from rnnsim import _memory, config
+    monkeypatch.setattr(config, "MEMORY_LIMIT_BYTES", None)
     with open("/proc/meminfo") as fh:
         kib = next(int(line.split()[1]) for line in fh if line.startswith("MemAvailable:"))
     assert _memory.available_bytes() == pytest.approx(kib * 1024, rel=0.05)
@@ -141,7 +142,8 @@ def test_available_memory_is_the_os_figure():
 def test_available_memory_without_meminfo_falls_back(monkeypatch):
     """Where /proc/meminfo cannot be read, the OS's free pages count instead (within 5%:
     they move between the two reads)."""
-    from rnnsim import _memory
+    from rnnsim import _memory, config
+    monkeypatch.setattr(config, "MEMORY_LIMIT_BYTES", None)
 
     def refuse(*args, **kwargs):
         raise OSError("no /proc here")
