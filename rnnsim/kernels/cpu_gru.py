@@ -60,8 +60,9 @@ def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs, team):
         for b in range(nb):
             # One array written per loop, so that each loop vectorises (see cpu_lstm), and
             # no loop reads the array it writes at another offset: LLVM cannot prove such
-            # a loop free of overlap and leaves it scalar (the n loop reading r from its
-            # own row ran ~4x slower per element).
+            # a loop free of overlap, and it ran at the scalar rate (the n loop reading r
+            # from its own row, ~4x slower per element; its vector version is compiled
+            # behind a runtime overlap test, which it evidently did not pass).
             row = gates[t, b]
             p = hid[b]
             for j in range(2 * H):
