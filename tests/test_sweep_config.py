@@ -110,6 +110,23 @@ def test_fit_rate_recovers_a_linear_profile():
     assert sweep.rate_window(1) == (0, 1) and sweep.rate_window(100) == (25, 75)
 
 
+@pytest.mark.parametrize("T", [12, 40, 400])
+def test_a_rate_depends_on_its_own_profile_alone(T):
+    """The same profile gives the same bits in any call: a sweep cut into other calls
+    (a cluster's tasks) must give the local sweep's rates. A matrix product over the
+    rows did not (about half of the rows differed in the last bit from the row alone)."""
+    rng = np.random.default_rng(T)
+    profiles = rng.standard_normal((13, 3, T + 1)).cumsum(axis=-1)  # (networks, sequences, t)
+    together = sweep.fit_rate(profiles, T)  # per sequence, (13, 3)
+    means = profiles.mean(axis=1)
+    of_means = sweep.fit_rate(means, T)  # per network, (13,): the summary's rate
+    for e in range(13):
+        assert np.array_equal(sweep.fit_rate(profiles[e:e + 1], T)[0], together[e])
+        assert sweep.fit_rate(means[e:e + 1], T)[0] == of_means[e]
+        for b in range(3):
+            assert sweep.fit_rate(profiles[e, b], T) == together[e, b]
+
+
 def test_regime_of():
     assert list(sweep.regime_of([-2.0, -0.5, 0.5, 1.0, 2.0], 1.0)) == [
         "vanishing", "stable", "stable", "stable", "exploding"]

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .rates import slope_back
+
 RESAMPLES = 1000
 """Bootstrap resamples per interval."""
 
@@ -68,14 +70,6 @@ def weighted_mean(w, values):
     """Mean of ``values`` (N, B) under the weights ``w`` (R, N, B): (R,)."""
     w = np.asarray(w, dtype=np.float64)
     return np.einsum("rnb,nb->r", w, values) / w[0].sum()
-
-
-def slope_back(y, steps):
-    r"""Least-squares rate :math:`-\mathrm{d}y/\mathrm{d}t` of ``y`` (..., m) over ``steps`` (m,)."""
-    t = np.asarray(steps, dtype=np.float64)
-    tc = t - t.mean()
-    y = np.asarray(y, dtype=np.float64)
-    return -(((y - y.mean(axis=-1, keepdims=True)) @ tc) / (tc @ tc))
 
 
 def weighted_mean_rate(w, log_norm, steps):

@@ -49,11 +49,21 @@ def fit_rate(log_profile, T):
     :math:`r = \tfrac12\ln\chi` for the mean growth.
     """
     lo, hi = rate_window(T)
-    t = np.arange(lo, hi + 1, dtype=np.float64)
-    y = np.asarray(log_profile, dtype=np.float64)[..., lo:hi + 1]
+    return slope_back(np.asarray(log_profile, dtype=np.float64)[..., lo:hi + 1], np.arange(lo, hi + 1))
+
+
+def slope_back(y, steps):
+    r"""Least-squares rate :math:`-\mathrm{d}y/\mathrm{d}t` of ``y`` (..., m) over ``steps`` (m,).
+
+    Each row's rate depends on that row alone: it is an element-wise product summed
+    along the row, not a matrix product, which BLAS blocks by the number of rows, so
+    that a row's last bits would follow the other rows of its call, and a sweep cut
+    into other calls (``--scheduler``, ``--workers``) would differ from the local one.
+    """
+    t = np.asarray(steps, dtype=np.float64)
     tc = t - t.mean()
-    slope = ((y - y.mean(axis=-1, keepdims=True)) @ tc) / (tc @ tc)
-    return -slope
+    y = np.asarray(y, dtype=np.float64)
+    return -(np.sum((y - y.mean(axis=-1, keepdims=True)) * tc, axis=-1) / np.sum(tc * tc))
 
 
 def regime_of(log10_ratio, threshold):
