@@ -138,7 +138,7 @@ def _mismatched(a, w, pool, cursor, out):
 
 @njit(cache=True)
 def blas_product(a, b, out):
-    matmul(a, b, out)
+    matmul(a, b, out, 0.0)
 
 
 def _layout(x, order):
@@ -185,12 +185,12 @@ def test_matmul_rejects_strided_or_mixed_dtype_operands():
 
 @njit(cache=True)
 def blas_product_added(a, b, out):
-    matmul(a, b, out, True)
+    matmul(a, b, out, 1.0)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_matmul_accumulates_into_out(dtype):
-    """``accumulate``: out += a @ b (BLAS's beta = 1), as the weight gradients sum their blocks;
+    """beta = 1: out += a @ b, as the weight gradients sum their blocks;
     with K = 0 out keeps its values."""
     rng = np.random.default_rng(7)
     a = np.asfortranarray(rng.standard_normal((6, 9)).astype(dtype))

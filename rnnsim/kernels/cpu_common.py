@@ -79,7 +79,7 @@ def take(pool, cursor, n):
     return np.empty(n, pool.dtype)
 
 
-@jit
+@stage
 def gather_inputs(inputs, e, b0, nb, pool, cursor):
     """Network e's sequences b0..b0+nb-1 of ``inputs`` (E, B, T, D), time-major
     (T, nb, D), in the workspace (see :func:`take`)."""

@@ -51,7 +51,7 @@ def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs, team):
     H = hs.shape[2]
     GH = 3 * H
     one = typed(x, 1.0)
-    matmul(x.reshape(T * nb, D), w_ih_t, gates.reshape(T * nb, GH))  # input projections, all steps
+    matmul(x.reshape(T * nb, D), w_ih_t, gates.reshape(T * nb, GH), 0.0)  # input projections, all steps
     hs[0] = 0
     hid = np.empty((nb, GH), x.dtype)
     r_u = np.empty(H, x.dtype)
@@ -116,7 +116,8 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
     d_n = np.empty(H, gates.dtype)
     direct = np.empty((nb, H), gates.dtype)
     no_c = np.empty((nb, 0), gates.dtype)
-    no_local, no_local_log = np.empty((0, H), gates.dtype), np.empty(0)  # one renormalise signature
+    # empty, and laid out as the rows they stand for: one renormalise signature, no np.empty(0) to compile
+    no_local, no_local_log = np.empty((0, H), gates.dtype), scale[:0]
     for t in range(T, 0, -1):
         for b in range(nb):
             # one array written per loop, none read at another offset (see gru_forward)

@@ -49,7 +49,7 @@ def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs, team):
     T, nb, D = x.shape
     H = hs.shape[2]
     GH = 4 * H
-    matmul(x.reshape(T * nb, D), w_ih_t, gates.reshape(T * nb, GH))
+    matmul(x.reshape(T * nb, D), w_ih_t, gates.reshape(T * nb, GH), 0.0)
     hs[0] = 0
     cs[0] = 0
     pre = np.empty((nb, GH), x.dtype)
@@ -115,7 +115,8 @@ def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, man
     nb, H = mant_h.shape
     one = typed(gates, 1.0)
     use_local = local.shape[0] > 0
-    no_local, no_local_log = np.empty((0, H), gates.dtype), np.empty(0)  # one renormalise signature
+    # empty, and laid out as the rows they stand for: one renormalise signature, no np.empty(0) to compile
+    no_local, no_local_log = np.empty((0, H), gates.dtype), scale[:0]
     da = np.empty((nb, 4 * H), gates.dtype)
     for t in range(T, 0, -1):
         for b in range(nb):

@@ -315,13 +315,16 @@ def _gemm(typingctx, a, b, out, beta):
 
 
 @jit
-def matmul(a, b, out, accumulate=False):
-    """``out = a @ b``, or ``out += a @ b`` with ``accumulate`` (2-d, ``a`` and ``b`` C- or
-    F-contiguous, ``out`` C-contiguous), in one BLAS call.
+def matmul(a, b, out, beta):
+    """``out = a @ b + beta * out`` (2-d, ``a`` and ``b`` C- or F-contiguous, ``out``
+    C-contiguous), in one BLAS call; ``beta`` is a float, 0.0 to overwrite ``out`` (its
+    old values are then never read, NaN included) or 1.0 to add to it.
 
     np.dot calls the same BLAS helper of numba, but compiles, at every call site, its
     own checks, copies of strided operands and error formatting, and one dispatch per
-    layout; this is one small function per signature.
+    layout; this is one small function per layout. ``beta`` is a float, not a bool:
+    numba compiles a called function again for each literal bool (or omitted argument)
+    it is given, but types every float constant alike.
     """
     m, k = a.shape
     n = b.shape[1]
@@ -332,12 +335,11 @@ def matmul(a, b, out, accumulate=False):
     if m == 0 or n == 0:
         return
     if k == 0:  # BLAS would refuse the leading dimension 0; a @ b is zero
-        if not accumulate:
-            for i in range(m):
-                for j in range(n):
-                    out[i, j] = 0
+        for i in range(m):
+            for j in range(n):
+                out[i, j] = beta * out[i, j] if beta != 0.0 else 0
         return
-    _gemm(a, b, out, 1.0 if accumulate else 0.0)
+    _gemm(a, b, out, beta)
 
 
 @jit
@@ -394,7 +396,7 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows
             for j in range(D):
                 z[i, H + j] = w * x_rows[r, j]
             z[i, H + D] = w
-        matmul(da_rows[r0:r0 + n].T, z[:n], g, r0 > 0)  # BLAS sums the blocks in place
+        matmul(da_rows[r0:r0 + n].T, z[:n], g, 1.0 if r0 > 0 else 0.0)  # BLAS sums the blocks in place
     for i in range(GH):  # element loops: an array-to-array slice assignment compiles
         for j in range(H):  # numba's shape-mismatch error formatting (~1 s per rank)
             g_hh[i, j] = g[i, j]

@@ -15,7 +15,7 @@ from .cpu_common import jit, log_norms, renormalise, stage, take
 from .cpu_matmul import matmul
 
 
-@jit
+@stage
 def output_layer(h_rows, w_out, b_out, targets, inv_count, dlogits, local):
     """Softmax cross-entropy on rows of hidden states, and its adjoints.
 
@@ -33,7 +33,7 @@ def output_layer(h_rows, w_out, b_out, targets, inv_count, dlogits, local):
     Sum over rows of the cross-entropy (float64), not yet divided by the count.
     """
     R, K = dlogits.shape
-    matmul(h_rows, w_out.T, dlogits)
+    matmul(h_rows, w_out.T, dlogits, 0.0)
     total = 0.0
     for r in range(R):
         z_max = -np.inf
@@ -49,7 +49,7 @@ def output_layer(h_rows, w_out, b_out, targets, inv_count, dlogits, local):
         for k in range(K):
             dlogits[r, k] = math.exp(float(dlogits[r, k]) - log_z) * inv_count
         dlogits[r, targets[r]] -= inv_count
-    matmul(dlogits, w_out, local)
+    matmul(dlogits, w_out, local, 0.0)
     return total
 
 
@@ -124,8 +124,7 @@ def unit_adjoint(dh, pool, cursor, pool64, cursor64):
     for b in range(nb):
         scale[b] = 0.0
     # the empty arrays as C-contiguous as the backward's: one compiled renormalise
-    renormalise(scale, mant_h, take(pool, cursor, 0).reshape((nb, 0)), take(pool, cursor, 0).reshape((0, H)),
-                take(pool64, cursor64, 0))
+    renormalise(scale, mant_h, pool[:0].reshape((nb, 0)), pool[:0].reshape((0, H)), pool64[:0])
     return mant_h, scale
 
 
@@ -189,14 +188,14 @@ def last_step_adjoints(targets, e, b0, hs, w_out, b_out, part_out, part_bout, h_
     loss = output_layer(h_rows, w_out, b_out, tgt, 1.0 / targets.shape[1], dlogits, dh)
     readout_gradients(dlogits, h_rows, part_out, part_bout)
     mant_h, scale = unit_adjoint(dh, pool, cursor, pool64, cursor64)
-    no_local = take(pool, cursor, 0).reshape((0, nb, H))  # loss "last" adds nothing before step T
-    return loss, mant_h, scale, no_local, take(pool64, cursor64, 0).reshape((0, nb))
+    no_local = pool[:0].reshape((0, nb, H))  # loss "last" adds nothing before step T
+    return loss, mant_h, scale, no_local, pool64[:0].reshape((0, nb))
 
 
 @stage
 def readout_gradients(dlogits, h_rows, part_out, part_bout):
     """dW_out = dlogitsᵀ h_rows and db_out = Σ_rows dlogits, into (K, H) and (K,)."""
-    matmul(dlogits.T, h_rows, part_out)
+    matmul(dlogits.T, h_rows, part_out, 0.0)
     for k in range(dlogits.shape[1]):
         acc = 0.0
         for r in range(dlogits.shape[0]):

@@ -48,7 +48,7 @@ def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs, team):
     T, nb, D = x.shape
     H = hs.shape[2]
     # Input projections of every step at once: one (T*nb, D) x (D, H) product.
-    matmul(x.reshape(T * nb, D), w_ih_t, pre.reshape(T * nb, H))
+    matmul(x.reshape(T * nb, D), w_ih_t, pre.reshape(T * nb, H), 0.0)
     hs[0] = 0
     recurrent = np.empty((nb, H), x.dtype)
     for t in range(T):
@@ -88,7 +88,8 @@ def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale,
     one = typed(hs, 1.0)
     no_c = np.empty((nb, 0), hs.dtype)
     use_local = local.shape[0] > 0
-    no_local, no_local_log = np.empty((0, H), hs.dtype), np.empty(0)  # one renormalise signature
+    # empty, and laid out as the rows they stand for: one renormalise signature, no np.empty(0) to compile
+    no_local, no_local_log = np.empty((0, H), hs.dtype), scale[:0]
     for t in range(T, 0, -1):
         for b in range(nb):
             log_h[b, t] = scale[b]  # mant_h has unit norm (or is zero with scale -inf)
