@@ -161,10 +161,14 @@ def test_matmul_matches_numpy(shape, orders, dtype):
     assert np.all(np.abs(out - exact) <= bound)
 
 
-def test_matmul_empty_inner_dimension_gives_zeros():
-    """K = 0: BLAS would refuse the leading dimension 0; the product is all zeros."""
-    out = np.full((3, 4), np.nan)
-    blas_product(np.empty((3, 0)), np.empty((0, 4)), out)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("orders", ["CC", "FC", "CF"])
+def test_matmul_empty_inner_dimension_gives_zeros(orders, dtype):
+    """K = 0 (BLAS is called with leading dimensions of at least 1): the product is all
+    zeros, whatever out held, NaN included."""
+    out = np.full((3, 4), np.nan, dtype)
+    a, b = _layout(np.empty((3, 0), dtype), orders[0]), _layout(np.empty((0, 4), dtype), orders[1])
+    blas_product(a, b, out)
     assert np.all(out == 0.0)
     blas_product(np.empty((0, 2)), np.ones((2, 4)), np.empty((0, 4)))  # M = 0: nothing to do
 
