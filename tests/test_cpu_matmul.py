@@ -162,7 +162,7 @@ def test_matmul_matches_numpy(shape, orders, dtype):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-@pytest.mark.parametrize("orders", ["CC", "FC", "CF"])
+@pytest.mark.parametrize("orders", ["CC", "FC", "CF", "FF"])
 def test_matmul_empty_inner_dimension_gives_zeros(orders, dtype):
     """K = 0 (BLAS is called with leading dimensions of at least 1): the product is all
     zeros, whatever out held, NaN included."""

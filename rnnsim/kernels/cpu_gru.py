@@ -239,7 +239,7 @@ def lyapunov_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b, ta
     tangent = tangent0.copy()
     image = np.empty((tangent.shape[0], 3 * H))
     log_r = np.empty(tangent.shape[0])
-    block_start, running = 0, 0.0
+    block_start, running = np.int64(0), 0.0  # typed as int64 from the start: one compiled lyapunov_block
     for t in range(T):
         x_side = np.dot(inputs[e, b, t], w_ih_t[e]) + b_ih[e]
         h_side = np.dot(h, w_hh_t[e]) + b_hh[e]

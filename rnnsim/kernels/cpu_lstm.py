@@ -244,7 +244,7 @@ def lyapunov_item(item, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b, ta
     tangent = tangent0.copy()
     image = np.empty((tangent.shape[0], 4 * H))
     log_r = np.empty(tangent.shape[0])
-    block_start, running = 0, 0.0
+    block_start, running = np.int64(0), 0.0  # typed as int64 from the start: one compiled lyapunov_block
     for t in range(T):
         pre = np.dot(inputs[e, b, t], w_ih_t[e]) + np.dot(h, w_hh_t[e])
         for j in range(2 * H):
