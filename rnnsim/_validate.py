@@ -5,6 +5,7 @@ so that the CLI can print it and exit with code 2.
 """
 from __future__ import annotations
 
+import functools
 import math
 import numbers
 import os
@@ -71,16 +72,25 @@ def _blocks(arr: np.ndarray):
 
 
 def _require_finite(name: str, arr: np.ndarray) -> None:
-    bad = sum(int(block.size - np.count_nonzero(np.isfinite(block))) for block in _blocks(arr))
+    if arr.size <= _FINITE_BLOCK:  # one block: no generator to run (a few us of a small call)
+        bad = arr.size - np.count_nonzero(np.isfinite(arr))
+    else:
+        bad = sum(int(block.size - np.count_nonzero(np.isfinite(block))) for block in _blocks(arr))
     if bad:
         raise ValueError(f"{name} contains {bad} NaN/inf value(s)")
+
+
+@functools.lru_cache(maxsize=1)
+def _logical_cpus() -> int:
+    """os.cpu_count(), asked once: it reads the OS's CPU list on every call."""
+    return os.cpu_count() or 1
 
 
 def _require_memory(problem, need_targets: bool) -> None:
     """Refuse, before anything is copied or allocated, a call that cannot fit in memory."""
     p = problem
     n_states = len(cells.get(p.cell).state)
-    workers = os.cpu_count() or 1
+    workers = _logical_cpus()
     tile = max(1, int(config.CPU_SEQUENCE_TILE))
     item = p.dtype.itemsize
     if need_targets:
