@@ -400,17 +400,29 @@ def test_bootstrap_weights_and_streams():
                                          ("gru", 2.5)])
 def test_the_backward_gradient_rate_is_lambda_max(tmp_path, cell, scale):
     """At long T (2000 steps, H = 64) the measured rate of ln‖∂L/∂h_t‖ equals the top Lyapunov
-    exponent of the same networks on the same inputs: the 95% interval of their difference
-    (paired per sequence, over 2 networks × 16 sequences) holds 0 and is narrow. For the rnn
-    above the critical scale both are positive (the chaotic phase)."""
-    config = {"cell": cell, "hidden": 64, "lengths": "2000", "scales": str(scale), "seeds": 2, "batch": 16,
+    exponent of the same networks on the same inputs: their difference (per sequence, over
+    8 networks × 16 sequences, two-level bootstrap) has a narrow 95% interval and is within
+    4 bootstrap standard deviations of 0. For the rnn above the critical scale both are
+    positive (the chaotic phase).
+
+    Why 4 standard deviations and not the 95% interval: in the chaotic phase the gradient
+    kernel's trajectory and the Lyapunov kernel's part within a few hundred steps (their last
+    bits differ, and differently on each CPU kind: AVX-512 or AVX2), so each CPU kind draws
+    its own sample of both estimates. A 95% interval would miss 0 on about one CPU kind and
+    case in 20 by chance alone (seen: 2 networks on an AMD EPYC Zen 3, rnn at 3.0, z = 3.0);
+    4 standard deviations miss a true 0 about once in 16,000.
+    """
+    config = {"cell": cell, "hidden": 64, "lengths": "2000", "scales": str(scale), "seeds": 8, "batch": 16,
               "measure": "rates,lyapunov"}
     sweep.run_sweep(config, tmp_path / "run")
     data = sweep.read_profiles(tmp_path / "run", cell, 2000, SweepConfig.from_mapping(config))
     difference = data["rate_seq"] - data["lyap_max_seq"]                     # (networks, sequences)
     w = bootstrap.weights(bootstrap.point_rng(cell, 2000, scale, 0), *difference.shape)
-    lo, hi = bootstrap.interval(bootstrap.weighted_mean(w, difference))
-    assert lo <= 0.0 <= hi and hi - lo < 0.01, (lo, hi)
+    replicates = bootstrap.weighted_mean(w, difference)
+    lo, hi = bootstrap.interval(replicates)
+    assert abs(difference.mean()) <= 4.0 * replicates.std() and hi - lo < 0.01, (difference.mean(), lo, hi)
+    if cell == "rnn":
+        assert data["lyap_max_seq"].mean() > 0.05 and data["rate_seq"].mean() > 0.05
     if cell == "rnn":
         assert np.all(data["lyap_max_seq"] > 0.05)
     rows = sweep.read_summary(tmp_path / "run")

@@ -171,14 +171,19 @@ def test_lstm_keeps_context_at_T50_where_the_rnn_stays_at_chance(task, steps, ch
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_clipping_keeps_float32_training_finite_where_plain_training_diverges(optimizer):
-    """rnn, H=64, scale 3, T=400: ln||g|| at init is ~100 > ln(float32 max) = 88.7, so the
-    float32 gradient has inf entries and an unclipped step makes the weights non-finite
-    (diverged); clipped at c=1 the step is exact and every network stays finite."""
+    """rnn, H=64, scale 3, T=600: ln||g|| at init is ~140 > ln(float32 max) + ln(sqrt(n)) = 93
+    (n entries per network), so the largest entry of the float32 gradient, at least ||g||/sqrt(n),
+    is inf and an unclipped step makes the weights non-finite (diverged); clipped at c=1 the
+    step is exact and every network stays finite. (At T=400 one network's ln||g|| came out 89.6
+    on an AMD EPYC: above ln(float32 max) but with every entry finite. The network is chaotic,
+    so the CPU kind's last bits move that figure by nats.)"""
     params = rnnsim.init_params("rnn", 64, 8, 8, 2, scale=3.0, seed=1, dtype=np.float32)
-    kwargs = dict(length=400, steps=3, batch=8, optimizer=optimizer, lr=1e-2, seed=[0, 1], eval_batch=8)
+    kwargs = dict(length=600, steps=3, batch=8, optimizer=optimizer, lr=1e-2, seed=[0, 1], eval_batch=8)
     plain = train("rnn", params, "copy-first", **kwargs)
     clipped = train("rnn", params, "copy-first", clip=1.0, **kwargs)
-    assert (plain.history["log_grad_norm"][0] > np.log(np.finfo(np.float32).max)).all()
+    entries = sum(value[0].size for value in params.values())
+    some_entry_overflows = np.log(np.finfo(np.float32).max) + 0.5 * np.log(entries)
+    assert (plain.history["log_grad_norm"][0] > some_entry_overflows).all()
     assert plain.final["diverged"].all() and (plain.final["diverged_at"] == 0).all()
     assert not clipped.final["diverged"].any()
     assert np.isfinite(clipped.history["loss"]).all() and clipped.history["clipped"].all()
