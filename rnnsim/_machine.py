@@ -5,11 +5,21 @@ import platform
 
 
 def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo where there is one)."""
+    """The CPU's model name (from /proc/cpuinfo where there is one) and, in brackets, the
+    microarchitecture numba compiles for, e.g. ``AMD EPYC (znver3)``.
+
+    The model name alone can hide what decides the kernels' speed and last bits: one
+    "AMD EPYC" has been a Zen 3 (AVX2) and another a Zen 5 (AVX-512).
+    """
     model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as fh:
             model = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), model)
     except OSError:
         pass
-    return model
+    try:
+        from llvmlite import binding
+
+        return f"{model} ({binding.get_host_cpu_name()})"
+    except Exception:  # the name is a label in a report: never worth failing the caller for
+        return model
