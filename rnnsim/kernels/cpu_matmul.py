@@ -72,13 +72,6 @@ VECTOR_BYTES = 64 if "avx512f" in _FEATURES else 32 if "avx2" in _FEATURES else 
 TILE_ROWS = 8  # the remainder blocks below are 4, 2, 1: keep it 8
 TILE_VECTORS = 2 if VECTOR_BYTES == 64 else 1
 PANEL_BYTES = TILE_VECTORS * VECTOR_BYTES
-# Each accumulator of a tile is one chain of K dependent FMAs, which issues one FMA per
-# FMA latency (4 cycles); a core issues 2 a cycle only with ~8 chains in flight. A tile
-# of fewer rows than TILE_ROWS therefore spans several panels, PANEL_GROUP // rows of
-# them, to keep ACCUMULATORS chains (seen on an AMD Zen 3, AVX2: a 2-row tile had 2
-# chains, and a step of an lstm at 2 sequences, H=64, cost as much as one at 4).
-ACCUMULATORS = 8
-PANEL_GROUP = max(1, ACCUMULATORS // TILE_VECTORS)
 # Weights larger than the cache (an lstm's W_hh at H=1024 is 32 MB in float64) come
 # from memory every step, and the hardware prefetchers run too short a distance ahead
 # to hide its latency: one thread at 16 x 1024 x 4096 ran 19-23 GFLOP/s, 52 with the
@@ -88,13 +81,11 @@ PREFETCH_ROWS = 64
 PREFETCH_MIN_BYTES = 4 << 20
 
 
-def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS, group=1):
+def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS):
     """An intrinsic ``tile(a, panels, out, i0, p, ncols, ahead)``: out[i0:i0+rows, p*NR : p*NR+ncols]
     = a[i0:i0+rows] @ panel p, with NR = vectors * vector_bytes // itemsize and ncols <= NR,
     prefetching ``ahead`` panel rows ahead, or nothing when ``ahead`` is 0 (tests build
-    the other hosts' widths). With ``group`` > 1 it covers panels p .. p+group-1, all of
-    them whole (``ncols`` is then ignored): more accumulators for the same rows of ``a``,
-    and every column still summed in order of k, one FMA per term, as with ``group`` 1."""
+    the other hosts' widths)."""
 
     @intrinsic
     def tile(typingctx, a, panels, out, i0, p, ncols, ahead):
@@ -121,25 +112,22 @@ def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS, group=1):
             K = cgutils.unpack_tuple(builder, arr_a.shape)[1]
             out_cols = cgutils.unpack_tuple(builder, arr_o.shape)[1]
             # accumulators as allocas: LLVM promotes them to vector registers
-            # acc[i][g * vectors + v]: row i, vector v of panel p + g
-            zero = ir.Constant(vty, None)
-            acc = [[cgutils.alloca_once_value(builder, zero) for _ in range(group * vectors)]
+            acc = [[cgutils.alloca_once_value(builder, ir.Constant(vty, None)) for _ in range(vectors)]
                    for _ in range(rows)]
             a_rows = [builder.gep(arr_a.data, [builder.mul(builder.add(i0, idx(i)), K)]) for i in range(rows)]
-            panel_of = [builder.gep(arr_w.data, [builder.mul(builder.mul(builder.add(p, idx(g)), K),
-                                                              idx(width))]) for g in range(group)]
+            panel = builder.gep(arr_w.data, [builder.mul(builder.mul(p, K), idx(width))])
             undef = ir.Constant(vty, ir.Undefined)
+            col0 = builder.mul(p, idx(width))
             splat = ir.Constant(ir.VectorType(ir.IntType(32), lanes), [0] * lanes)
 
-            def out_row(i, g=0):
-                col0 = builder.mul(builder.add(p, idx(g)), idx(width))
+            def out_row(i):
                 first = builder.add(builder.mul(builder.add(i0, idx(i)), out_cols), col0)
                 return builder.gep(arr_o.data, [first])
 
-            def store_vectors(i, dest, g=0):
+            def store_vectors(i, dest):
                 for v in range(vectors):
                     target = builder.bitcast(builder.gep(dest, [idx(v * lanes)]), vptr)
-                    builder.store(builder.load(acc[i][g * vectors + v]), target, align=itemsize)
+                    builder.store(builder.load(acc[i][v]), target, align=itemsize)
 
             i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
             prefetch = cgutils.get_or_insert_function(
@@ -148,27 +136,21 @@ def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS, group=1):
             prefetching = builder.icmp_signed("!=", ahead, idx(0))  # loop-invariant: LLVM unswitches it
             with cgutils.for_range(builder, K) as loop:
                 k = loop.index
-                w_rows = [builder.gep(panel, [builder.mul(k, idx(width))]) for panel in panel_of]
+                w_row = builder.gep(panel, [builder.mul(k, idx(width))])
                 with builder.if_then(prefetching):
                     # past the last panel's end it asks for memory nobody uses: a prefetch never faults
-                    for w_row in w_rows:
-                        later_row = builder.bitcast(builder.gep(w_row, [builder.mul(ahead, idx(width))]), i8p)
-                        for line in range(0, width * itemsize, 64):  # every 64-byte cache line of a panel row
-                            builder.call(prefetch, [builder.gep(later_row, [idx(line)])] + read_keep_data)
+                    later_row = builder.bitcast(builder.gep(w_row, [builder.mul(ahead, idx(width))]), i8p)
+                    for line in range(0, width * itemsize, 64):  # every 64-byte cache line of a panel row
+                        builder.call(prefetch, [builder.gep(later_row, [idx(line)])] + read_keep_data)
                 w = [builder.load(builder.bitcast(builder.gep(w_row, [idx(v * lanes)]), vptr), align=itemsize)
-                     for w_row in w_rows for v in range(vectors)]
+                     for v in range(vectors)]
                 for i in range(rows):
                     scalar = builder.load(builder.gep(a_rows[i], [k]))
                     lane0 = builder.insert_element(undef, scalar, ir.Constant(ir.IntType(32), 0))
                     broadcast = builder.shuffle_vector(lane0, undef, splat)
-                    for u in range(group * vectors):
-                        total = builder.call(fma, [broadcast, w[u], builder.load(acc[i][u])])
-                        builder.store(total, acc[i][u])
-            if group > 1:  # whole panels only
-                for g in range(group):
-                    for i in range(rows):
-                        store_vectors(i, out_row(i, g), g)
-                return context.get_dummy_value()
+                    for v in range(vectors):
+                        total = builder.call(fma, [broadcast, w[v], builder.load(acc[i][v])])
+                        builder.store(total, acc[i][v])
             full = builder.icmp_signed("==", ncols, idx(width))
             with builder.if_else(full) as (whole, partial):
                 with whole:
@@ -189,11 +171,8 @@ def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS, group=1):
     return tile
 
 
-# Blocks of TILE_ROWS rows, then 4, 2 and 1 for the remainder of a tile of sequences: one
-# panel at a time, and, where PANEL_GROUP whole panels follow, over as many panels as keep
-# ACCUMULATORS chains (_group4 spans PANEL_GROUP // 4 panels, and so on).
+# Blocks of TILE_ROWS rows, then 4, 2 and 1 for the remainder of a tile of sequences.
 _tile_full, _tile4, _tile2, _tile1 = _tile(TILE_ROWS), _tile(4), _tile(2), _tile(1)
-_group4, _group2, _group1 = (_tile(rows, group=max(1, PANEL_GROUP // rows)) for rows in (4, 2, 1))
 
 
 @jit
@@ -254,43 +233,24 @@ def step_product(a, panels, out, team):
 
 @stage
 def _panel_products(a, panels, out, start, stop, ahead):
-    """Columns of panels [start, stop) of ``out = a @ w``, in tiles of rows: PANEL_GROUP
-    panels at a time, which stay in cache over all the row blocks."""
+    """Columns of panels [start, stop) of ``out = a @ w``, in tiles of rows."""
     M = a.shape[0]
     N = out.shape[1]
     width = panels.shape[2]
-    rest = M % TILE_ROWS
-    for p0 in range(start, stop, PANEL_GROUP):
-        p1 = min(p0 + PANEL_GROUP, stop)
-        grouped = p1 - p0 == PANEL_GROUP and p1 * width <= N  # a full group of whole panels
-        for p in range(p0, p1):
-            ncols = min(width, N - p * width)
-            i0 = 0
-            while M - i0 >= TILE_ROWS:
-                _tile_full(a, panels, out, i0, p, ncols, ahead)
-                i0 += TILE_ROWS
-            if not grouped:  # the rest of the rows panel by panel
-                if M - i0 >= 4:
-                    _tile4(a, panels, out, i0, p, ncols, ahead)
-                    i0 += 4
-                if M - i0 >= 2:
-                    _tile2(a, panels, out, i0, p, ncols, ahead)
-                    i0 += 2
-                if M - i0 >= 1:
-                    _tile1(a, panels, out, i0, p, ncols, ahead)
-        if grouped and rest > 0:  # the rest of the rows over several panels per tile
-            i0 = M - rest
-            if rest >= 4:
-                for p in range(p0, p1, max(1, PANEL_GROUP // 4)):
-                    _group4(a, panels, out, i0, p, width, ahead)
-                i0 += 4
-            if M - i0 >= 2:
-                for p in range(p0, p1, max(1, PANEL_GROUP // 2)):
-                    _group2(a, panels, out, i0, p, width, ahead)
-                i0 += 2
-            if M - i0 >= 1:
-                for p in range(p0, p1, PANEL_GROUP):
-                    _group1(a, panels, out, i0, p, width, ahead)
+    for p in range(start, stop):  # one panel stays in cache over all the row blocks
+        ncols = min(width, N - p * width)
+        i0 = 0
+        while M - i0 >= TILE_ROWS:
+            _tile_full(a, panels, out, i0, p, ncols, ahead)
+            i0 += TILE_ROWS
+        if M - i0 >= 4:
+            _tile4(a, panels, out, i0, p, ncols, ahead)
+            i0 += 4
+        if M - i0 >= 2:
+            _tile2(a, panels, out, i0, p, ncols, ahead)
+            i0 += 2
+        if M - i0 >= 1:
+            _tile1(a, panels, out, i0, p, ncols, ahead)
 
 
 @entry
