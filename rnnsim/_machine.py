@@ -19,7 +19,9 @@ def cpu_model() -> str:
         pass
     try:
         from llvmlite import binding
+        from numba.core import config
 
-        return f"{model} ({binding.get_host_cpu_name()})"
+        # NUMBA_CPU_NAME (a portable cache, say) replaces the host's as numba's target
+        return f"{model} ({config.CPU_NAME or binding.get_host_cpu_name()})"
     except Exception:  # the name is a label in a report: never worth failing the caller for
         return model
