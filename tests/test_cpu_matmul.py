@@ -27,9 +27,9 @@ def packed_product(a, w, out):
     return panels
 
 
-# M covers the 8-row blocks and every remainder (4, 2, 1); N full panels, a partial
-# last panel, and fewer columns than one panel, in float32 (32 a panel with AVX-512)
-# and float64 (16).
+# M covers the row blocks (8 rows with AVX-512, 4 otherwise) and every remainder (4, 2,
+# 1); N full panels, a partial last panel, and fewer columns than one panel, in float32
+# (32 a panel with AVX-512, 16 with AVX2) and float64 (16, 8).
 SHAPES = [(1, 1, 1), (3, 5, 7), (7, 9, 16), (8, 16, 32), (15, 33, 47), (16, 64, 64), (29, 70, 100),
           (32, 128, 33)]
 
@@ -71,8 +71,9 @@ def test_step_product_rejects_strided_rows():
 
 
 def _other_width_product(vector_bytes, vectors, ahead):
-    """step_product's loop on tiles of another host's vector width (AVX2: 32 bytes, one
-    vector per row; SSE: 16), prefetching ``ahead`` rows ahead: this machine compiles them as well."""
+    """step_product's loop on tiles of other vector widths and panels (32 bytes, AVX2, with
+    one or two vectors a row; SSE: 16) in blocks of 8 rows, prefetching ``ahead`` rows
+    ahead: this machine compiles them as well."""
     tile8, tile4, tile2, tile1 = (cpu_matmul._tile(rows, vector_bytes, vectors) for rows in (8, 4, 2, 1))
 
     @njit

@@ -19,8 +19,12 @@ scalar ones (both measured at 2–12 GFLOP/s). Its shape is fixed at import from
 the target's vector width (a compiled constant, so not a :mod:`rnnsim.config`
 tunable): a tile is ``TILE_ROWS`` rows of ``a`` by one panel of
 ``PANEL_BYTES // itemsize`` columns of ``w``, held in
-``TILE_ROWS * TILE_VECTORS`` vector registers (16 of the 32 AVX-512 registers, 8
-of the 16 AVX2 ones).
+``TILE_ROWS * TILE_VECTORS`` vector registers: 8 × 2 of the 32 AVX-512 registers,
+4 × 2 of the 16 AVX2 (or SSE) ones. With 16 registers an 8 × 2 tile spills, and an
+8 × 1 tile loads a broadcast for every FMA: on an AMD EPYC Zen 3, one thread, from
+16 × 64 × 64 to 16 × 1024 × 1024, 8 × 1 tiles ran 17–22 GFLOP/s in float64 and
+35–64 in float32, 4 × 2 tiles 27–33 and 55–80, 8 × 2 tiles 13–14 and 27–37
+(``benchmarks/bench_tiles.py``, ``results/bench/2026-12-06-cpu-tiles-zen3.txt``).
 """
 from __future__ import annotations
 
@@ -69,8 +73,8 @@ def _target_features():
 
 _FEATURES = _target_features()
 VECTOR_BYTES = 64 if "avx512f" in _FEATURES else 32 if "avx2" in _FEATURES else 16
-TILE_ROWS = 8  # the remainder blocks below are 4, 2, 1: keep it 8
-TILE_VECTORS = 2 if VECTOR_BYTES == 64 else 1
+TILE_ROWS = 8 if VECTOR_BYTES == 64 else 4  # half the vector registers: 32 with AVX-512, else 16
+TILE_VECTORS = 2
 PANEL_BYTES = TILE_VECTORS * VECTOR_BYTES
 # Weights larger than the cache (an lstm's W_hh at H=1024 is 32 MB in float64) come
 # from memory every step, and the hardware prefetchers run too short a distance ahead
@@ -171,8 +175,9 @@ def _tile(rows, vector_bytes=VECTOR_BYTES, vectors=TILE_VECTORS):
     return tile
 
 
-# Blocks of TILE_ROWS rows, then 4, 2 and 1 for the remainder of a tile of sequences.
-_tile_full, _tile4, _tile2, _tile1 = _tile(TILE_ROWS), _tile(4), _tile(2), _tile(1)
+# Blocks of TILE_ROWS rows (8 or 4), then 4 (after 8), 2 and 1 for the remainder of a tile of sequences.
+_tile4, _tile2, _tile1 = _tile(4), _tile(2), _tile(1)
+_tile_full = _tile(TILE_ROWS) if TILE_ROWS != 4 else _tile4
 
 
 @jit
@@ -243,7 +248,7 @@ def _panel_products(a, panels, out, start, stop, ahead):
         while M - i0 >= TILE_ROWS:
             _tile_full(a, panels, out, i0, p, ncols, ahead)
             i0 += TILE_ROWS
-        if M - i0 >= 4:
+        if TILE_ROWS > 4 and M - i0 >= 4:  # a compiled constant: no branch with 4-row tiles
             _tile4(a, panels, out, i0, p, ncols, ahead)
             i0 += 4
         if M - i0 >= 2:
