@@ -72,8 +72,8 @@ def main():
     for spec in args.shapes:
         old, new = medians["old"][spec], medians["new"][spec]
         ratios = ", ".join(f"{n / o:.2f}" for o, n in zip(old, new))
-        print(f"{spec:28s} old {statistics.median(old) * 1e3:9.2f} ms  new {statistics.median(new) * 1e3:9.2f} ms"
-              f"  new/old per round: {ratios}")
+        old_ms, new_ms = statistics.median(old) * 1e3, statistics.median(new) * 1e3
+        print(f"{spec:28s} old {old_ms:9.2f} ms  new {new_ms:9.2f} ms  new/old per round: {ratios}")
 
 
 if __name__ == "__main__":

@@ -61,7 +61,8 @@ def main():
     args = parser.parse_args()
     lanes_bytes = cpu_matmul.VECTOR_BYTES
     print(f"# {cpu_model()}, vector width {lanes_bytes} bytes; step_product's tile: "
-          f"{cpu_matmul.TILE_ROWS} x {cpu_matmul.TILE_VECTORS}; one thread, GFLOP/s, medians of {args.rounds}")
+          f"{cpu_matmul.TILE_ROWS} x {cpu_matmul.TILE_VECTORS}; one thread, GFLOP/s, "
+          f"medians of {args.rounds}")
     team = np.zeros(TEAM_WORDS, np.int64)
     team[SIZE] = 1
     loops = {shape: _tile_loop(*shape) for shape in TILES}
