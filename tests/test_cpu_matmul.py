@@ -71,9 +71,10 @@ def test_step_product_rejects_strided_rows():
 
 
 def _other_width_product(vector_bytes, vectors, ahead):
-    """step_product's loop on tiles of other vector widths and panels (32 bytes, AVX2, with
-    one or two vectors a row; SSE: 16) in blocks of 8 rows, prefetching ``ahead`` rows
-    ahead: this machine compiles them as well."""
+    """step_product's loop on tiles of other vector widths and panels (64 bytes, AVX-512,
+    two vectors a row; 32, AVX2, one or two; SSE: 16) in blocks of 8 rows, prefetching
+    ``ahead`` rows ahead: this machine compiles them as well (LLVM splits vectors wider
+    than its registers)."""
     tile8, tile4, tile2, tile1 = (cpu_matmul._tile(rows, vector_bytes, vectors) for rows in (8, 4, 2, 1))
 
     @njit
@@ -102,7 +103,7 @@ def _other_width_product(vector_bytes, vectors, ahead):
 HOST_WIDTH = (cpu_matmul.VECTOR_BYTES, cpu_matmul.TILE_VECTORS)
 
 
-@pytest.mark.parametrize("vector_bytes, vectors", sorted({(32, 1), (16, 1), (32, 2), HOST_WIDTH}))
+@pytest.mark.parametrize("vector_bytes, vectors", sorted({(64, 2), (32, 1), (16, 1), (32, 2), HOST_WIDTH}))
 @pytest.mark.parametrize("ahead", [0, 3])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_tiles_of_other_vector_widths(vector_bytes, vectors, ahead, dtype):
