@@ -21,6 +21,19 @@ GPU_MEMORY_FRACTION = 0.6
 # parallelise over (network, sequence tile) pairs; a tile batches its sequences
 # so that each time step is one small matrix product.
 CPU_SEQUENCE_TILE = 32
+# A call with fewer items than threads halves its tiles (more items, one network's
+# sequences on several threads) only while each halved tile keeps at least
+# CPU_SPLIT_MIN_SEQUENCES sequences and CPU_SPLIT_MIN_WORK multiply-adds of its forward
+# recurrence (sequences x T x G·H x (H + D); rnnsim.kernels.cpu.sequence_tile). A smaller
+# item costs more than its thread gives: a handoff between threads (~0.1 ms), fixed costs
+# of its own, and a per-step product that streams all of W_hh for fewer rows.
+# Measured with benchmarks/bench_threads.py (one network, 2 threads against 1, 2-core
+# Zen 3, results/bench/2026-12-07-cpu-threads-zen3.txt): halving every tile that left a
+# thread idle took 1.7-2.2x the time of one thread at B=4 H=64 T=32 and 1.5-2.8x at B=4
+# H=256-1024; the halves kept by these two settings (an lstm or gru at B=16 H=64 T=128 or
+# B=32 H=64 T=64, every cell at B=32 H=128 T=64) ran 0.60-0.81x.
+CPU_SPLIT_MIN_SEQUENCES = 8
+CPU_SPLIT_MIN_WORK = 1 << 23
 # Bytes of workspace that the CPU threads keep between calls: each thread that runs work
 # items keeps at most CPU_WORKSPACE_BYTES / numba.get_num_threads() (its share of the
 # whole with numba's worker threads), and a thread that ends frees its own. The
@@ -35,10 +48,18 @@ CPU_WORKSPACE_BYTES = 1 << 30
 CPU_WEIGHT_GRADIENT_ROWS = 1024
 # When a call has fewer work items than threads, the free threads help the items with
 # their per-step products (rnnsim.kernels.cpu_team): as many as leave each member at
-# least this many multiply-adds of one step's product (nb x H by H x G·H). Measured at
-# E = B = 1 with a team of 2: an lstm at H=64 (8k each) ran 0.83x, the lstm at H=128
-# (32k each) 1.02x, the rnn at H=256 (32k each) 1.19x, the lstm at H=1024 1.7x.
+# least this many entries of W_hh (H x G·H), the columns of the product it computes, when
+# the item has one sequence, and CPU_TEAM_MIN_SHARE_SEQUENCES when it has more
+# (rnnsim.kernels.cpu._team_size says why). Measured at E = B = 1 with a team of 2 on a
+# Zen 5: an lstm at H=64 (8k each) ran 0.83x, the lstm at H=128 (32k each) 1.02x, the rnn
+# at H=256 (32k each) 1.19x, the lstm at H=1024 1.7x. Items of 2-8 sequences on a 2-core
+# Zen 3 (benchmarks/bench_threads.py --teams, results/bench/2026-12-07-cpu-teams-zen3.txt):
+# teams by the rule before (32k multiply-adds of a step's product each) ran 1.1-1.6x the
+# time of one thread at H=128, 0.9-1.3x at H=256 and 0.84-1.24x at H=512 (the lstm's 524k
+# entries each, below this setting); the teams of this setting at B=4 H=1024 (lstm and
+# gru, 1.6M-2.1M entries each) 0.84-0.94x.
 CPU_TEAM_MIN_SHARE = 1 << 15
+CPU_TEAM_MIN_SHARE_SEQUENCES = 1 << 20
 # Shared memory one block of the GPU recurrence kernels may use, in bytes; None = the
 # device's opt-in limit (48 KB under the simulator). Tests lower it to exercise the
 # W_hh-in-global fallback. Every launch is checked against the device's own limits too

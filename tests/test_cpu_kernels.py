@@ -41,9 +41,33 @@ def test_sequence_tiles_merge_exactly(monkeypatch, cell, loss):
     whole = rnnsim.gradients(cell, params, x, y, loss=loss)
     monkeypatch.setattr(config, "CPU_SEQUENCE_TILE", 2)
     from rnnsim.kernels import cpu
-    assert len(cpu._work_items(2, 5)[0]) == 6
+    assert len(cpu._work_items(2, 5, 1)[0]) == 6
     tiled = rnnsim.gradients(cell, params, x, y, loss=loss)
     assert_outputs_close(tiled, whole, np.float64)
+
+
+def test_tiles_halve_only_into_items_worth_a_thread(monkeypatch):
+    """Fewer items than threads: the tiles halve while each half keeps enough sequences and
+    enough work (sequences x work per sequence), and never past filling the threads."""
+    from rnnsim.kernels import cpu
+    monkeypatch.setattr(config, "CPU_SEQUENCE_TILE", 32)
+    monkeypatch.setattr(config, "CPU_SPLIT_MIN_SEQUENCES", 8)
+    monkeypatch.setattr(config, "CPU_SPLIT_MIN_WORK", 1000)
+    assert cpu.sequence_tile(1, 32, 1000, 2) == 16  # two items fill two threads
+    assert cpu.sequence_tile(1, 32, 1000, 8) == 8  # not below 8 sequences
+    assert cpu.sequence_tile(1, 32, 100, 8) == 16  # 16 x 100 is enough work, 8 x 100 is not
+    assert cpu.sequence_tile(1, 32, 10, 8) == 32  # 16 x 10 is not
+    assert cpu.sequence_tile(1, 4, 10**9, 2) == 4  # 2 sequences an item: too few, whatever T and H
+    assert cpu.sequence_tile(2, 32, 1000, 2) == 32  # two networks fill two threads already
+    assert cpu.sequence_tile(1, 40, 1000, 2) == 32  # so do tiles of 32 and 8
+    monkeypatch.setattr(config, "CPU_SPLIT_MIN_SEQUENCES", 1)
+    monkeypatch.setattr(config, "CPU_SPLIT_MIN_WORK", 0)
+    assert cpu.sequence_tile(1, 5, 1, 4) == 1  # 5 -> 3 -> 2 -> 1: five items for four threads
+    assert cpu.sequence_tile(1, 5, 1, 3) == 2
+    assert cpu.sequence_work(10, 4, 6, 2) == 10 * 4 * 6 * (6 + 2)
+    monkeypatch.setattr(cpu, "get_num_threads", lambda: 3)
+    net, b0, b1 = cpu._work_items(1, 5, 1)
+    assert net.tolist() == [0, 0, 0] and b0.tolist() == [0, 2, 4] and b1.tolist() == [2, 4, 5]
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -63,6 +63,7 @@ def test_a_teams_products_match_numpy_at_every_step(M, K, N, size, dtype):
 def teams_everywhere(monkeypatch):
     """Every call with fewer items than threads gets a team, however small its products."""
     monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE", 0)
+    monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE_SEQUENCES", 0)
     sizes = []
     run_items = cpu._run_items
 
@@ -95,11 +96,11 @@ def test_a_team_gives_the_results_of_one_thread(teams_everywhere, monkeypatch, c
     params, x, y = make_problem(cell, 1, 3, 7, 2, 19, 3, loss="every", dtype=dtype, seed=2)
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 2)
     one_item = (np.zeros(1, np.int64), np.zeros(1, np.int64), np.full(1, 3, np.int64))
-    monkeypatch.setattr(cpu, "_work_items", lambda E, B: one_item)
-    monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE", 1 << 62)
+    monkeypatch.setattr(cpu, "_work_items", lambda E, B, work: one_item)
+    monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE_SEQUENCES", 1 << 62)
     alone = rnnsim.gradients(cell, params, x, y, loss="every")
     alone_states = rnnsim.forward(cell, params, x)
-    monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE", 0)
+    monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE_SEQUENCES", 0)
     together = rnnsim.gradients(cell, params, x, y, loss="every")
     states = rnnsim.forward(cell, params, x)
     assert teams_everywhere == [1, 1, 2, 2]
@@ -109,15 +110,21 @@ def test_a_team_gives_the_results_of_one_thread(teams_everywhere, monkeypatch, c
         assert_close(states[key], alone_states[key], rtol, floor=floor, name=key)
 
 
-def test_teams_only_where_items_leave_threads_free_and_products_are_large(monkeypatch):
+def test_teams_only_where_items_leave_threads_free_and_weights_are_large(monkeypatch):
     monkeypatch.setattr(cpu, "get_num_threads", lambda: 8)
     monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE", 1000)
-    assert cpu._team_size(8, 4, 1, 64) == 1  # no thread free
-    assert cpu._team_size(2, 4, 1, 64) == 4  # 16k multiply-adds a step: 4 members of 4k
-    assert cpu._team_size(3, 4, 1, 64) == 2
+    monkeypatch.setattr(config, "CPU_TEAM_MIN_SHARE_SEQUENCES", 4000)
+    assert cpu._team_size(8, 1, 1, 64) == 1  # no thread free
+    assert cpu._team_size(2, 1, 1, 64) == 4  # W_hh of 4096: 4 members of 1024
+    assert cpu._team_size(3, 1, 1, 64) == 2
     assert cpu._team_size(1, 1, 1, 44) == 1  # 1936: two members would get under 1000 each
     assert cpu._team_size(1, 1, 1, 45) == 2
     assert cpu._team_size(1, 1, 4, 64) == 8  # 16k: as many as the threads
+    # several sequences: 4000 entries each, however many sequences
+    assert cpu._team_size(1, 2, 1, 64) == 1  # 4096: two members would get 2048
+    assert cpu._team_size(1, 64, 1, 89) == 1  # 7921
+    assert cpu._team_size(1, 2, 1, 90) == 2  # 8100
+    assert cpu._team_size(1, 2, 4, 64) == 4  # 16k
 
 
 def test_helpers_that_started_are_dismissed_when_another_cannot_start(monkeypatch):

@@ -12,6 +12,7 @@ import pytest
 from cli_helpers import assert_one_line_error, run
 from test_faults import _run_killed, assert_consistent, assert_same_results
 
+from rnnsim import config as engine_config
 from rnnsim import sweep
 from rnnsim.sweep import distributed
 
@@ -26,9 +27,16 @@ def _flags(config):
 
 # ------------------------------------------------------------------ tasks (no cluster)
 
-def test_split_keeps_every_point_once_and_never_halves_a_tile():
+@pytest.mark.parametrize("halving", ["configured", "always"])
+def test_split_keeps_every_point_once_and_never_halves_a_tile(monkeypatch, halving):
+    """Tiles halve only for halves worth a thread (rnnsim.config; these calls are too small),
+    or, as before 2026-12-07, whenever the items do not fill the threads."""
+    if halving == "always":
+        monkeypatch.setattr(engine_config, "CPU_SPLIT_MIN_SEQUENCES", 1)
+        monkeypatch.setattr(engine_config, "CPU_SPLIT_MIN_WORK", 0)
     config = sweep.SweepConfig.from_mapping({**CONFIG, "batch": 40, "scales": "0.5:3:7", "seeds": 3})
     calls = sweep.plan_sweep(config, "cpu").calls(config, {})
+    halved = []
     for threads, slots in ((2, 2), (8, 100), (200, 1000)):
         old, distributed.MIN_TASK_WORK = distributed.MIN_TASK_WORK, 0
         try:
@@ -38,7 +46,11 @@ def test_split_keeps_every_point_once_and_never_halves_a_tile():
         for cell, T, points in calls:
             mine = [t for t in tasks if t[:2] == (cell, T)]
             assert sorted(p for t in mine for p in t[2]) == sorted(points)
-            if len(points) * 2 >= threads:  # B = 40, tile 32: 2 items per network
+            # B = 40, tile 32: 2 items per network
+            halves = len(points) * 2 < threads and halving == "always"
+            assert distributed.local_halves(config, cell, T, len(points), threads) == halves
+            halved.append(halves)
+            if not halves:
                 assert all(t[3] is None for t in mine)
                 assert all(distributed.task_threads(config, len(t[2]), threads) <= 2 * len(t[2])
                            for t in mine)
@@ -46,6 +58,7 @@ def test_split_keeps_every_point_once_and_never_halves_a_tile():
                 assert [(len(t[2]), t[3]) for t in mine] == [(len(points), threads)]
         if threads == 2:
             assert len(tasks) > len(calls)  # the cut happens
+    assert any(halved) == (halving == "always")
     work = [distributed.task_work(config, t[0], t[1], len(t[2])) for t in tasks]
     assert work == sorted(work, reverse=True)  # largest first
     # The default floor keeps tiny calls whole; on the GPU calls are never cut.

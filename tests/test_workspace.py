@@ -80,8 +80,8 @@ def test_a_warm_call_does_not_page_fault_its_activations(monkeypatch):
     unless they are kept: counted as minor page faults of the process."""
     import resource
 
-    # 2 items of 1 sequence (the tile halves to fill 2 threads), h_t and the gate rows
-    # 36 MiB each in float32
+    # one item of 2 sequences (halves of 1 sequence are not worth a thread), its h_t and
+    # gate rows 72 MiB each in float32
     E, B, T, H = 1, 2, 140_000, 64
     params = rnnsim.init_params("rnn", H, 2, 2, E, dtype=np.float32)
     x = np.random.default_rng(0).standard_normal((E, B, T, 2)).astype(np.float32)

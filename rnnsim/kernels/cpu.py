@@ -26,7 +26,6 @@ import concurrent.futures
 import contextlib
 import functools
 import itertools
-import math
 import threading
 import weakref
 
@@ -198,13 +197,19 @@ def _helpers(team, like):
 
 
 def _team_size(n_items, nb, G, H):
-    """Threads per item: the threads that the items leave free, shared between them,
-    but no more than leave each member ``config.CPU_TEAM_MIN_SHARE`` multiply-adds of
-    one step's product (nb x H by H x G·H): a step's synchronisation grows with the team."""
+    """Threads per item: the threads that the items leave free, shared between them, but
+    no more than leave each member ``config.CPU_TEAM_MIN_SHARE`` entries of W_hh (H x G·H),
+    the columns of every step's product that it computes, when the item has one sequence,
+    and ``config.CPU_TEAM_MIN_SHARE_SEQUENCES`` when it has more.
+
+    One sequence's product streams W_hh at the memory's pace, and each member streams
+    only its share; several sequences share that stream, run nearer the core's peak, and
+    every step their rows (and the members' columns of the result) cross between cores."""
     threads = get_num_threads()
     if n_items >= threads:
         return 1
-    return max(1, min(threads // n_items, nb * H * G * H // max(1, int(config.CPU_TEAM_MIN_SHARE))))
+    least = config.CPU_TEAM_MIN_SHARE if nb == 1 else config.CPU_TEAM_MIN_SHARE_SEQUENCES
+    return max(1, min(threads // n_items, G * H * H // max(1, int(least))))
 
 
 @functools.lru_cache(maxsize=1)
@@ -236,15 +241,38 @@ def _single_threaded_blas():
                 library.set_num_threads(threads)
 
 
-def _work_items(E, B):
-    """Split every network's B sequences into tiles; enough items to fill every thread.
+def sequence_tile(E, B, work, threads):
+    """Sequences per work item of a call of E networks of B sequences on ``threads`` threads.
+
+    ``config.CPU_SEQUENCE_TILE`` (at most B), halved while the call has fewer items than
+    threads and each halved tile keeps at least ``config.CPU_SPLIT_MIN_SEQUENCES``
+    sequences and ``config.CPU_SPLIT_MIN_WORK`` multiply-adds, ``work`` per sequence
+    (T·G·H·(H + D), :func:`sequence_work`). A smaller item costs its thread more than it saves:
+    a handoff, fixed costs of its own, and a per-step product that streams all of W_hh for
+    fewer rows (see ``rnnsim.config``).
+    """
+    tile = max(1, min(int(config.CPU_SEQUENCE_TILE), B))
+    while E * -(-B // tile) < threads:
+        half = -(-tile // 2)
+        if (half == tile or half < int(config.CPU_SPLIT_MIN_SEQUENCES)
+                or half * work < int(config.CPU_SPLIT_MIN_WORK)):
+            break
+        tile = half
+    return tile
+
+
+def sequence_work(T, G, H, D):
+    """Multiply-adds of one sequence's forward recurrence and input projections, T·G·H·(H + D):
+    the measure of an item's work in :func:`sequence_tile` (its backward costs about twice that)."""
+    return T * G * H * (H + D)
+
+
+def _work_items(E, B, work):
+    """Split every network's B sequences into tiles of :func:`sequence_tile` sequences.
 
     Returns int64 ``(net, b0, b1)``: item i is sequences ``b0[i]:b1[i]`` of network
     ``net[i]``. Only a network's last tile can be short, so item 0's is the largest."""
-    tile = max(1, min(config.CPU_SEQUENCE_TILE, B))
-    threads = get_num_threads()
-    while E * math.ceil(B / tile) < threads and tile > 1:
-        tile = math.ceil(tile / 2)
+    tile = sequence_tile(E, B, work, get_num_threads())
     tiles = -(-B // tile)
     item = np.arange(E * tiles, dtype=np.int64)  # network-major: a network's tiles are consecutive
     net, b0 = item // tiles, item % tiles * tile
@@ -275,7 +303,7 @@ def gradients(problem, params, inputs, targets, adjoints=None):
     # (E, B) for "last", None beside injected adjoints
     given = np.ascontiguousarray(adjoints, dtype=dt) if injected else None
     tgt = None if injected else np.ascontiguousarray(targets, dtype=np.int64)
-    net, b0, b1 = _work_items(E, B)
+    net, b0, b1 = _work_items(E, B, sequence_work(T, problem.G, H, D))
     n = len(net)
     part_ih = np.empty((n, GH, D), dt)
     part_hh = np.empty((n, GH, H), dt)
@@ -317,7 +345,7 @@ def forward(problem, params, inputs):
     """Every state component for t = 1..T, each (E, B, T, H), in the inputs' dtype."""
     spec = cells.get(problem.cell)
     w_ih_t, w_hh_t = _prepared_weights(params)
-    net, b0, b1 = _work_items(problem.E, problem.B)
+    net, b0, b1 = _work_items(problem.E, problem.B, sequence_work(problem.T, problem.G, problem.H, problem.D))
     states = np.empty((len(spec.state), problem.E, problem.B, problem.T, problem.H), problem.dtype)
     with _single_threaded_blas():
         _run_items(spec.kernels("cpu").forward_item, len(net), inputs, w_ih_t, w_hh_t, params["bias_ih_l0"],

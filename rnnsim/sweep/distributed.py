@@ -18,10 +18,11 @@ Identical numbers
 -----------------
 A network's numbers depend only on its (cell, T, scale, seed) and on how the CPU
 driver tiles its B sequences into work items
-(:func:`rnnsim.kernels.cpu._work_items`): every item is one network's tile, the
+(:func:`rnnsim.kernels.cpu.sequence_tile`): every item is one network's tile, the
 items of a network are merged in a fixed order, and the tile is
 ``min(CPU_SEQUENCE_TILE, B)`` unless the call has fewer items than Numba threads, in
-which case it is halved. So a task of n networks runs with at most n·ceil(B / tile)
+which case it may be halved (when the halves are large enough to be worth a thread:
+:func:`local_halves`). So a task of n networks runs with at most n·ceil(B / tile)
 Numba threads (:func:`task_threads`), which never halves its tiles, and a call is
 split only if the local run (n networks, the client's thread count) did not halve
 them either; otherwise it stays whole and runs with exactly the client's thread
@@ -60,6 +61,7 @@ import contextlib
 import math
 import os
 
+from .. import cells
 from .. import config as settings
 from .plan import Plan
 
@@ -92,9 +94,21 @@ def _items_per_network(config) -> int:
     return min(math.ceil(b / max(1, min(settings.CPU_SEQUENCE_TILE, b))) for b in batches)
 
 
-def local_halves(config, n: int, threads: int) -> bool:
-    """Whether the local run's call of n networks at ``threads`` Numba threads halves its tiles."""
-    return n * _items_per_network(config) < threads
+def local_halves(config, cell: str, T: int, n: int, threads: int) -> bool:
+    """Whether the local run's call of n networks of (cell, T) at ``threads`` Numba threads
+    halves its tiles (:func:`rnnsim.kernels.cpu.sequence_tile`).
+
+    With a train measure, whenever it has fewer work items than threads: the training's
+    calls run other batches and lengths, and a call counted as halving is only kept whole,
+    which gives the local run's numbers all the same."""
+    if n * _items_per_network(config) >= threads:
+        return False
+    if config.train_task is not None:
+        return True
+    from ..kernels import cpu
+
+    work = cpu.sequence_work(T, cells.get(cell).G, config.hidden, config.input_size)
+    return cpu.sequence_tile(n, config.batch, work, threads) < min(settings.CPU_SEQUENCE_TILE, config.batch)
 
 
 def task_threads(config, n: int, wanted: int) -> int:
@@ -123,7 +137,7 @@ def split_calls(config, calls, device, slots, threads):
     tasks = []
     for cell, T, points in calls:
         n = len(points)
-        if device == "cuda" or local_halves(config, n, threads):  # whole, as the local runner ran it
+        if device == "cuda" or local_halves(config, cell, T, n, threads):  # whole, as the local runner ran it
             tasks.append((cell, T, list(points), threads if device != "cuda" else None))
             continue
         k = max(1, min(n, round(task_work(config, cell, T, n) / target)))
