@@ -1,9 +1,12 @@
 """Numba CPU kernels against the NumPy reference (float64 to 1e-12, float32 to 1e-5)."""
 import numpy as np
 import pytest
+from numba import njit
+from numba.core.errors import TypingError
 
 import rnnsim
 from rnnsim import cells, config, reference
+from rnnsim.kernels.cpu_common import reshaped, typed
 from rnnsim.losses import FUSED_LOSSES as LOSSES  # the other losses: test_losses.py
 
 from helpers import assert_close, assert_outputs_close, make_problem
@@ -135,3 +138,51 @@ def test_weight_gradients_in_row_blocks_match_reference(monkeypatch, cell, dtype
     params, x, y = make_problem(cell, 2, 5, 7, 3, 4, 3, loss="every", dtype=dtype, seed=11)
     got = rnnsim.gradients(cell, params, x, y, loss="every")
     assert_outputs_close(got, reference.gradients(cell, params, x, y, loss="every"), dtype)
+
+
+@njit
+def _reshaped(a, rows, cols):
+    return reshaped(a, (rows, cols))
+
+
+@njit
+def _flattened(a, n):
+    return reshaped(a, n)
+
+
+def test_reshaped_is_a_view_with_the_new_shape():
+    """The kernels' reshape: a C-contiguous view of the same data, which keeps the data
+    alive after the source is gone, and a ValueError for another size (negative sizes
+    whose product matches included)."""
+    source = np.arange(12.0)
+    view = _reshaped(source, 3, 4)
+    assert view.shape == (3, 4) and view.flags.c_contiguous
+    np.testing.assert_array_equal(view, source.reshape(3, 4))
+    np.testing.assert_array_equal(_flattened(view, 12), source)
+    view[1, 2] = -1.0
+    assert source[6] == -1.0
+    del source
+    assert view.sum() == 66.0 - 6.0 - 1.0
+    assert _reshaped(np.arange(6, dtype=np.float32)[2:], 2, 2).dtype == np.float32
+    assert _reshaped(np.empty(0), 0, 5).shape == (0, 5)
+    for rows, cols in ((5, 3), (-3, -4), (0, 12)):
+        with pytest.raises(ValueError, match="another size"):
+            _reshaped(np.arange(12.0), rows, cols)
+
+
+def test_reshaped_refuses_a_strided_array():
+    with pytest.raises(TypingError, match="C-contiguous"):
+        _reshaped(np.arange(12.0)[::2], 2, 3)
+
+
+@njit
+def _typed_third(like):
+    return typed(like, 1.0 / 3.0)
+
+
+def test_typed_casts_to_the_arrays_dtype():
+    """numba returns a float32 as a Python float: its value shows the cast."""
+    assert _typed_third(np.empty(0, np.float32)) == float(np.float32(1.0 / 3.0)) != 1.0 / 3.0
+    assert _typed_third(np.empty((0, 2))) == 1.0 / 3.0
+    with pytest.raises(TypingError, match="like must be an array"):
+        _typed_third(1.0)

@@ -56,8 +56,10 @@ __all__ = ["exp", "tanh", "sigmoid"]
 # LLVM's inlining threshold, and a call left in the loop kills vectorization.
 # error_model="numpy": no ZeroDivisionError check (a branch + raise) on `/`;
 # the denominators here are >= 1 anyway.
+# No Python or C wrapper: only @njit code calls these, and a wrapper is compiled code
+# of its own on a first call.
 _JIT = dict(fastmath={"contract"}, forceinline=True, error_model="numpy",
-            nogil=True, cache=True)
+            nogil=True, cache=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 
 
 # ---------------------------------------------------------------------------
@@ -404,8 +406,8 @@ def _make_overload(pyfunc, impl_f32, impl_f64):
     # The returned implementations just call the typed @njit functions; they
     # are compiled separately (not inlined at Numba-IR level, so the caller's
     # fastmath flags do not reach the range reduction) and LLVM inlines them.
-    @overload(pyfunc, jit_options=dict(fastmath={"contract"}, forceinline=True,
-                                       error_model="numpy"))
+    @overload(pyfunc, jit_options=dict(fastmath={"contract"}, forceinline=True, error_model="numpy",
+                                       no_cpython_wrapper=True, no_cfunc_wrapper=True))
     def _ol(x):
         if x == types.float32:
             return lambda x: impl_f32(x)

@@ -298,11 +298,11 @@ def gradients(problem, params, inputs, targets, adjoints=None):
     injected = adjoints is not None
     loss_every = injected or problem.loss == "every"
     w_ih_t, w_hh_t = _prepared_weights(params)
-    # the loss kind goes in by the argument types, so that only its path compiles
-    # (rnnsim.kernels.cpu_readout.loss_adjoints): targets (E, B, T) for loss "every",
-    # (E, B) for "last", None beside injected adjoints
+    # the loss kind goes in by the targets' ndim, so that only its path compiles
+    # (rnnsim.kernels.cpu_readout): (E, B, T) for loss "every", (E, B) for "last",
+    # empty 1-d beside injected adjoints
     given = np.ascontiguousarray(adjoints, dtype=dt) if injected else None
-    tgt = None if injected else np.ascontiguousarray(targets, dtype=np.int64)
+    tgt = np.empty(0, np.int64) if injected else np.ascontiguousarray(targets, dtype=np.int64)
     net, b0, b1 = _work_items(E, B, sequence_work(T, problem.G, H, D))
     n = len(net)
     part_ih = np.empty((n, GH, D), dt)

@@ -15,14 +15,16 @@ from ._vmath import sigmoid, tanh
 from .cpu_common import (
     entry,
     gather_inputs,
+    jit,
     lyapunov_block,
     renormalise,
+    reshaped,
     stage,
     take,
     typed,
 )
 from .cpu_matmul import matmul, pack_panels, step_product, weight_gradients
-from .cpu_readout import loss_adjoints
+from .cpu_readout import every_step_adjoints, injected_adjoints, last_step_adjoints
 
 
 @stage
@@ -51,9 +53,10 @@ def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs, team):
     H = hs.shape[2]
     GH = 3 * H
     one = typed(x, 1.0)
-    matmul(x.reshape(T * nb, D), w_ih_t, gates.reshape(T * nb, GH), 0.0)  # input projections, all steps
+    # input projections, all steps
+    matmul(reshaped(x, (T * nb, D)), w_ih_t, reshaped(gates, (T * nb, GH)), 0.0)
     hs[0] = 0
-    hid = np.empty((nb, GH), x.dtype)
+    hid = reshaped(np.empty(nb * GH, x.dtype), (nb, GH))
     r_u = np.empty(H, x.dtype)
     for t in range(T):
         step_product(hs[t], w_hh_t_panels, hid, team)
@@ -112,12 +115,12 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
     nb, H = mant_h.shape
     one = typed(gates, 1.0)
     use_local = local.shape[0] > 0
-    rows_hid = np.empty((nb, 3 * H), gates.dtype)
+    rows_hid = reshaped(np.empty(nb * 3 * H, gates.dtype), (nb, 3 * H))
     d_n = np.empty(H, gates.dtype)
-    direct = np.empty((nb, H), gates.dtype)
-    no_c = np.empty((nb, 0), gates.dtype)
-    # empty, and laid out as the rows they stand for: one renormalise signature, no np.empty(0) to compile
-    no_local, no_local_log = np.empty((0, H), gates.dtype), scale[:0]
+    direct = reshaped(np.empty(nb * H, gates.dtype), (nb, H))
+    no_c = reshaped(np.empty(0, gates.dtype), (nb, 0))
+    # empty, and laid out as the rows they stand for: one renormalise signature
+    no_local, no_local_log = reshaped(no_c, (0, H)), scale[:0]
     for t in range(T, 0, -1):
         for b in range(nb):
             # one array written per loop, none read at another offset (see gru_forward)
@@ -155,13 +158,23 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
         log_h[b, 0] = scale[b]
 
 
+@jit
+def gru_weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows, g_ih, g_hh, g_b, pool,
+                         cursor):
+    """:func:`~rnnsim.kernels.cpu_matmul.weight_gradients` in a function of its own: the
+    item kernel calls it twice, with the same types, and this compiles it once (the stage
+    would be compiled into the item kernel at each call)."""
+    return weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows, g_ih, g_hh, g_b,
+                            pool, cursor)
+
+
 @entry
 def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
                    part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss kind follows
-    from the types of ``targets`` and ``given``, the per-step adjoints injected when
-    ``given`` is not None, see :func:`~rnnsim.kernels.cpu_readout.loss_adjoints`);
+    from ``targets.ndim``, the per-step adjoints ``given`` injected when ``targets`` is
+    1-d and empty, see :mod:`~rnnsim.kernels.cpu_readout`);
     writes only its own slots
     (``part_*[item]``, ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile, and
     ``cursors[item]`` and ``teams[item]`` as in :func:`rnnsim.kernels.cpu_rnn.gradients_item`)."""
@@ -171,17 +184,24 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     nb = b1 - b0
     cursor, cursor64 = cursors[item, 0:1], cursors[item, 1:2]
     x = gather_inputs(inputs, e, b0, nb, pool, cursor)
-    hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
+    hs = reshaped(take(pool, cursor, (T + 1) * nb * H), (T + 1, nb, H))
     # one (step, sequence) row per gate unit: r, z, n, which the backward overwrites in
     # place with the recurrent-side adjoint rows (δa^r, δa^z, δu); u_rows likewise becomes δa^n
-    gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
-    u_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
+    gate_rows = reshaped(take(pool, cursor, T * nb * GH), (T, nb, GH))
+    u_rows = reshaped(take(pool, cursor, T * nb * H), (T, nb, H))
     gru_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), b_ih[e], b_hh[e], gate_rows, u_rows, hs,
                 teams[item])
-    part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
-        targets, given, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item], h_last, pool, cursor,
-        pool64, cursor64)
-    da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
+    # the loss kind's readout path: numba keeps one branch as it compiles (rnnsim.kernels.cpu_readout)
+    if targets.ndim == 3:
+        readout = every_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
+                                      h_last, pool, cursor, pool64, cursor64)
+    elif targets.ndim == 2:
+        readout = last_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
+                                     h_last, pool, cursor, pool64, cursor64)
+    else:
+        readout = injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64)
+    part_loss[item], mant_h, scale, local, local_log = readout
+    da_scale = reshaped(take(pool64, cursor64, T * nb), (T, nb))
     gru_backward(gate_rows, u_rows, hs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h, scale,
                  da_scale, profiles[0, e, b0:b1], teams[item])
     # The recurrent side of every block, and the input side of r and z, share their rows
@@ -190,16 +210,17 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     # products together are the (3H, H+D+2) gradients plus H·D, where δa^n with [h, x, 1]
     # beside them would add H·(H+D+1).
     rows = T * nb
-    x_rows = x.reshape(rows, D)
-    s_star = weight_gradients(gate_rows.reshape(rows, GH), da_scale.reshape(rows), hs[:T].reshape(rows, H),
-                              x_rows, log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item],
-                              pool, cursor)
+    x_rows = reshaped(x, (rows, D))
+    s_star = gru_weight_gradients(reshaped(gate_rows, (rows, GH)), reshaped(da_scale, rows),
+                                  reshaped(hs[:T], (rows, H)), x_rows, log_cutoff, block_rows, part_ih[item],
+                                  part_hh[item], part_bih[item], pool, cursor)
     for j in range(GH):  # db_hr, db_hz equal db_ir, db_iz; Σ δu is db_hn
         part_bhh[item, j] = part_bih[item, j]
-    no_columns = np.empty((rows, 0), inputs.dtype)  # the factor Z is then [x, 1]
-    unused_ih = np.empty((H, 0), inputs.dtype)
-    weight_gradients(u_rows.reshape(rows, H), da_scale.reshape(rows), x_rows, no_columns, log_cutoff,
-                     block_rows, unused_ih, part_ih[item, 2 * H:], part_bih[item, 2 * H:], pool, cursor)
+    no_columns = reshaped(np.empty(0, inputs.dtype), (rows, 0))  # the factor Z is then [x, 1]
+    unused_ih = reshaped(no_columns, (H, 0))
+    gru_weight_gradients(reshaped(u_rows, (rows, H)), reshaped(da_scale, rows), x_rows, no_columns,
+                         log_cutoff, block_rows, unused_ih, part_ih[item, 2 * H:], part_bih[item, 2 * H:],
+                         pool, cursor)
     part_scale[item] = s_star
 
 
@@ -213,9 +234,9 @@ def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_i
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
     cursor = cursors[item, 0:1]
     x = gather_inputs(inputs, e, b0, nb, pool, cursor)
-    hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
-    gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
-    u_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
+    hs = reshaped(take(pool, cursor, (T + 1) * nb * H), (T + 1, nb, H))
+    gate_rows = reshaped(take(pool, cursor, T * nb * GH), (T, nb, GH))
+    u_rows = reshaped(take(pool, cursor, T * nb * H), (T, nb, H))
     gru_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), b_ih[e], b_hh[e], gate_rows, u_rows, hs,
                 teams[item])
     for b in range(nb):

@@ -12,15 +12,17 @@ import numpy as np
 from ._vmath import sigmoid, tanh
 from .cpu_common import (
     entry,
+    folded_bias,
     gather_inputs,
     lyapunov_block,
     renormalise,
+    reshaped,
     stage,
     take,
     typed,
 )
 from .cpu_matmul import matmul, pack_panels, step_product, weight_gradients
-from .cpu_readout import loss_adjoints
+from .cpu_readout import every_step_adjoints, injected_adjoints, last_step_adjoints
 
 
 @stage
@@ -49,10 +51,10 @@ def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs, team):
     T, nb, D = x.shape
     H = hs.shape[2]
     GH = 4 * H
-    matmul(x.reshape(T * nb, D), w_ih_t, gates.reshape(T * nb, GH), 0.0)
+    matmul(reshaped(x, (T * nb, D)), w_ih_t, reshaped(gates, (T * nb, GH)), 0.0)
     hs[0] = 0
     cs[0] = 0
-    pre = np.empty((nb, GH), x.dtype)
+    pre = reshaped(np.empty(nb * GH, x.dtype), (nb, GH))
     for t in range(T):
         step_product(hs[t], w_hh_t_panels, pre, team)
         for b in range(nb):
@@ -115,9 +117,9 @@ def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, man
     nb, H = mant_h.shape
     one = typed(gates, 1.0)
     use_local = local.shape[0] > 0
-    # empty, and laid out as the rows they stand for: one renormalise signature, no np.empty(0) to compile
-    no_local, no_local_log = np.empty((0, H), gates.dtype), scale[:0]
-    da = np.empty((nb, 4 * H), gates.dtype)
+    # empty, and laid out as the rows they stand for: one renormalise signature
+    no_local, no_local_log = reshaped(np.empty(0, gates.dtype), (0, H)), scale[:0]
+    da = reshaped(np.empty(nb * 4 * H, gates.dtype), (nb, 4 * H))
     for t in range(T, 0, -1):
         for b in range(nb):
             # One array written per loop, as in lstm_forward, so each loop vectorises.
@@ -171,8 +173,8 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
                    part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss kind follows
-    from the types of ``targets`` and ``given``, the per-step adjoints injected when
-    ``given`` is not None, see :func:`~rnnsim.kernels.cpu_readout.loss_adjoints`);
+    from ``targets.ndim``, the per-step adjoints ``given`` injected when ``targets`` is
+    1-d and empty, see :mod:`~rnnsim.kernels.cpu_readout`);
     writes only its own slots
     (``part_*[item]`` except ``part_bhh``, which the bias tie supplies, and
     ``profiles[:, e, b0:b1]``: ln‖dL/dh_t‖, ln‖dL/dc_t‖; ``cursors[item]`` and ``teams[item]`` as in
@@ -183,25 +185,35 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     nb = b1 - b0
     cursor, cursor64 = cursors[item, 0:1], cursors[item, 1:2]
     x = gather_inputs(inputs, e, b0, nb, pool, cursor)
-    bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
-    hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
-    cs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
-    tanh_cs = take(pool, cursor, T * nb * H).reshape((T, nb, H))
+    bias = folded_bias(b_ih, b_hh, e, pool, cursor)
+    hs = reshaped(take(pool, cursor, (T + 1) * nb * H), (T + 1, nb, H))
+    cs = reshaped(take(pool, cursor, (T + 1) * nb * H), (T + 1, nb, H))
+    tanh_cs = reshaped(take(pool, cursor, T * nb * H), (T, nb, H))
     # one (step, sequence) row per gate unit: the activated gates, which the backward
     # overwrites in place with dL/da_t once a step's gates are spent
-    gate_rows = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
+    gate_rows = reshaped(take(pool, cursor, T * nb * GH), (T, nb, GH))
     lstm_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs, cs, tanh_cs,
                  teams[item])
-    part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
-        targets, given, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item], h_last, pool, cursor,
-        pool64, cursor64)
-    mant_c = np.zeros((nb, H), inputs.dtype)
-    da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
+    # the loss kind's readout path: numba keeps one branch as it compiles (rnnsim.kernels.cpu_readout)
+    if targets.ndim == 3:
+        readout = every_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
+                                      h_last, pool, cursor, pool64, cursor64)
+    elif targets.ndim == 2:
+        readout = last_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
+                                     h_last, pool, cursor, pool64, cursor64)
+    else:
+        readout = injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64)
+    part_loss[item], mant_h, scale, local, local_log = readout
+    mant_c = reshaped(np.empty(nb * H, inputs.dtype), (nb, H))
+    for b in range(nb):
+        for j in range(H):
+            mant_c[b, j] = 0
+    da_scale = reshaped(take(pool64, cursor64, T * nb), (T, nb))
     lstm_backward(gate_rows, cs, tanh_cs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h,
                   mant_c, scale, da_scale, profiles[0, e, b0:b1], profiles[1, e, b0:b1], teams[item])
     part_scale[item] = weight_gradients(
-        gate_rows.reshape(T * nb, GH), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
-        x.reshape(T * nb, D), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
+        reshaped(gate_rows, (T * nb, GH)), reshaped(da_scale, T * nb), reshaped(hs[:T], (T * nb, H)),
+        reshaped(x, (T * nb, D)), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
         cursor)
 
 
@@ -215,11 +227,11 @@ def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_i
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
     cursor = cursors[item, 0:1]
     x = gather_inputs(inputs, e, b0, nb, pool, cursor)
-    bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
-    hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
-    cs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
-    gates = take(pool, cursor, T * nb * GH).reshape((T, nb, GH))
-    tanh_cs = take(pool, cursor, T * nb * H).reshape((T, nb, H))
+    bias = folded_bias(b_ih, b_hh, e, pool, cursor)
+    hs = reshaped(take(pool, cursor, (T + 1) * nb * H), (T + 1, nb, H))
+    cs = reshaped(take(pool, cursor, (T + 1) * nb * H), (T + 1, nb, H))
+    gates = reshaped(take(pool, cursor, T * nb * GH), (T, nb, GH))
+    tanh_cs = reshaped(take(pool, cursor, T * nb * H), (T, nb, H))
     lstm_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gates, hs, cs, tanh_cs,
                  teams[item])
     for b in range(nb):

@@ -40,7 +40,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
-from .cpu_common import entry, jit, stage, take, typed
+from .cpu_common import entry, jit, reshaped, stage, take, typed
 from .cpu_team import (
     A_ADDRESS,
     AHEAD,
@@ -188,7 +188,7 @@ def pack_panels(w, pool, cursor):
     K, N = w.shape
     width = PANEL_BYTES // w.itemsize
     n_panels = (N + width - 1) // width
-    panels = take(pool, cursor, n_panels * K * width).reshape((n_panels, K, width))
+    panels = reshaped(take(pool, cursor, n_panels * K * width), (n_panels, K, width))
     for p in range(n_panels):
         for k in range(K):
             for c in range(width):
@@ -243,7 +243,7 @@ def _panel_products(a, panels, out, start, stop, ahead):
     N = out.shape[1]
     width = panels.shape[2]
     for p in range(start, stop):  # one panel stays in cache over all the row blocks
-        ncols = min(width, N - p * width)
+        ncols = N - p * width if N - p * width < width else width
         i0 = 0
         while M - i0 >= TILE_ROWS:
             _tile_full(a, panels, out, i0, p, ncols, ahead)
@@ -278,9 +278,19 @@ def team_helper(team, rank, like):
 
 
 @intrinsic
-def _gemm(typingctx, a, b, out, beta):
-    """out = a @ b + beta * out through numba's BLAS helper, without the checks of
-    :func:`matmul` (as numba's np.dot calls it, with beta free)."""
+def matmul(typingctx, a, b, out, beta):
+    """``out = a @ b + beta * out`` (2-d, ``a`` and ``b`` C- or F-contiguous, ``out``
+    C-contiguous), in one BLAS call; ``beta`` is a float, 0.0 to overwrite ``out`` (its
+    old values are then never read, NaN included) or 1.0 to add to it. A ValueError when
+    the shapes do not match or a dimension does not fit BLAS's 32-bit integers.
+
+    np.dot calls the same BLAS helper of numba, but compiles, at every call site, its
+    own checks, copies of strided operands and error formatting, and one dispatch per
+    layout. This is an intrinsic: a few instructions at each call site and no function
+    of its own to compile for each layout (an @njit function took ~0.1 s of a first call
+    for each of three). ``beta`` is a float, not a bool: every float constant is typed
+    alike.
+    """
     ensure_blas()  # SciPy's BLAS, as np.dot: the same clear error when it is missing
     for name, arr, layouts in (("a", a, "CF"), ("b", b, "CF"), ("out", out, "C")):
         if not (isinstance(arr, types.Array) and arr.ndim == 2 and arr.layout in layouts
@@ -292,64 +302,53 @@ def _gemm(typingctx, a, b, out, beta):
         char, void_p = ir.IntType(8), ir.IntType(8).as_pointer()
         intp = context.get_value_type(types.intp)
         dtype = sig.args[2].dtype
-        gemm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
-            ir.IntType(32), [char, char, char, intp, intp, intp, void_p, void_p, intp, void_p, intp, void_p,
-                             void_p, intp]), "numba_xxgemm")
         arrays = [context.make_array(ty)(context, builder, value)
                   for ty, value in zip(sig.args[:3], args[:3])]
-        (M, K), (_, N) = (cgutils.unpack_tuple(builder, arr.shape) for arr in arrays[:2])
+        (M, K), (K_b, N), (M_out, N_out) = (cgutils.unpack_tuple(builder, arr.shape) for arr in arrays)
+        mismatch = builder.or_(builder.icmp_signed("!=", K_b, K), builder.or_(
+            builder.icmp_signed("!=", M_out, M), builder.icmp_signed("!=", N_out, N)))
+        with cgutils.if_unlikely(builder, mismatch):
+            context.call_conv.return_user_exc(builder, ValueError,
+                                              ("matmul: the shapes of a, b and out do not match",))
+        limit = ir.Constant(intp, 2**31 - 1)
+        too_big = builder.or_(builder.icmp_signed(">", M, limit), builder.or_(
+            builder.icmp_signed(">", N, limit), builder.icmp_signed(">", K, limit)))
+        with cgutils.if_unlikely(builder, too_big):
+            context.call_conv.return_user_exc(builder, ValueError,
+                                              ("matmul: a dimension does not fit BLAS's 32-bit integers",))
+        zero = ir.Constant(intp, 0)
+        # K = 0 included: BLAS then sets out = beta * out (0 for beta = 0, whatever out held)
+        nonempty = builder.and_(builder.icmp_signed("!=", M, zero), builder.icmp_signed("!=", N, zero))
+        with builder.if_then(nonempty, likely=True):
+            gemm = cgutils.get_or_insert_function(builder.module, ir.FunctionType(
+                ir.IntType(32), [char, char, char, intp, intp, intp, void_p, void_p, intp, void_p, intp,
+                                 void_p, void_p, intp]), "numba_xxgemm")
 
-        def operand(ty, arr, rows, cols):
-            # BLAS is column-major: a C array is its own transpose there, an F array needs 't'
-            trans = ir.Constant(char, ord("n" if ty.layout == "C" else "t"))
-            # BLAS refuses a leading dimension below 1 even where it reads nothing (K = 0)
-            ld = cols if ty.layout == "C" else rows
-            one = ir.Constant(ld.type, 1)
-            ld = builder.select(builder.icmp_signed("<", ld, one), one, ld)
-            return trans, ld, builder.bitcast(arr.data, void_p)
+            def operand(ty, arr, rows, cols):
+                # BLAS is column-major: a C array is its own transpose there, an F array needs 't'
+                trans = ir.Constant(char, ord("n" if ty.layout == "C" else "t"))
+                # BLAS refuses a leading dimension below 1 even where it reads nothing (K = 0)
+                ld = cols if ty.layout == "C" else rows
+                one = ir.Constant(ld.type, 1)
+                ld = builder.select(builder.icmp_signed("<", ld, one), one, ld)
+                return trans, ld, builder.bitcast(arr.data, void_p)
 
-        # out (M, N) row-major is outᵀ = bᵀ aᵀ column-major: BLAS's A is b and its B is a
-        trans_b, ld_b, data_b = operand(sig.args[1], arrays[1], K, N)
-        trans_a, ld_a, data_a = operand(sig.args[0], arrays[0], M, K)
-        alpha = cgutils.alloca_once_value(builder, context.get_constant(dtype, 1.0))
-        scale = cgutils.alloca_once_value(builder, context.cast(builder, args[3], sig.args[3], dtype))
-        status = builder.call(gemm, [
-            ir.Constant(char, ord(get_blas_kind(dtype))), trans_b, trans_a, N, M, K,
-            builder.bitcast(alpha, void_p), data_b, ld_b, data_a, ld_a, builder.bitcast(scale, void_p),
-            builder.bitcast(arrays[2].data, void_p), N])
-        check_blas_return(context, builder, status)  # fails only without BLAS: aborts, as np.dot
+            # out (M, N) row-major is outᵀ = bᵀ aᵀ column-major: BLAS's A is b and its B is a
+            trans_b, ld_b, data_b = operand(sig.args[1], arrays[1], K, N)
+            trans_a, ld_a, data_a = operand(sig.args[0], arrays[0], M, K)
+            alpha = cgutils.alloca_once_value(builder, context.get_constant(dtype, 1.0))
+            scale = cgutils.alloca_once_value(builder, context.cast(builder, args[3], sig.args[3], dtype))
+            status = builder.call(gemm, [
+                ir.Constant(char, ord(get_blas_kind(dtype))), trans_b, trans_a, N, M, K,
+                builder.bitcast(alpha, void_p), data_b, ld_b, data_a, ld_a, builder.bitcast(scale, void_p),
+                builder.bitcast(arrays[2].data, void_p), N])
+            check_blas_return(context, builder, status)  # fails only without BLAS: aborts, as np.dot
         return context.get_dummy_value()
 
     return types.void(a, b, out, types.float64), codegen
 
 
-@jit
-def matmul(a, b, out, beta):
-    """``out = a @ b + beta * out`` (2-d, ``a`` and ``b`` C- or F-contiguous, ``out``
-    C-contiguous), in one BLAS call; ``beta`` is a float, 0.0 to overwrite ``out`` (its
-    old values are then never read, NaN included) or 1.0 to add to it.
-
-    np.dot calls the same BLAS helper of numba, but compiles, at every call site, its
-    own checks, copies of strided operands and error formatting, and one dispatch per
-    layout; this is one small function per layout. ``beta`` is a float, not a bool:
-    numba compiles a called function again for each literal bool (or omitted argument)
-    it is given, but types every float constant alike.
-    """
-    m, k = a.shape
-    n = b.shape[1]
-    if b.shape[0] != k or out.shape[0] != m or out.shape[1] != n:
-        raise ValueError("matmul: the shapes of a, b and out do not match")
-    if max(m, n, k) > 2**31 - 1:
-        raise ValueError("matmul: a dimension does not fit BLAS's 32-bit integers")
-    if m == 0 or n == 0:
-        return
-    # K = 0 included: BLAS then sets out = beta * out (0 for beta = 0, whatever out held).
-    # A loop of ours for it would cost compile time, not run time: numba's second O3 pass
-    # (in every caller) unrolls and vectorises it to 700 of this function's 770 IR lines.
-    _gemm(a, b, out, beta)
-
-
-@jit
+@stage
 def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows, g_ih, g_hh, g_b, pool,
                      cursor):
     """Mantissas of dW_ih, dW_hh, db relative to exp(S*), S* = max scale
@@ -384,16 +383,17 @@ def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows
     W = H + D + 1
     s_star = -np.inf
     for r in range(R):
-        s_star = max(s_star, scale_rows[r])
-    n_max = max(1, min(block_rows, R))
-    z = take(pool, cursor, n_max * W).reshape((n_max, W))
-    g = take(pool, cursor, GH * W).reshape((GH, W))
+        s_star = scale_rows[r] if scale_rows[r] > s_star else s_star
+    n_max = block_rows if block_rows < R else R
+    n_max = n_max if n_max > 1 else 1
+    z = reshaped(take(pool, cursor, n_max * W), (n_max, W))
+    g = reshaped(take(pool, cursor, GH * W), (GH, W))
     if R == 0:
         for i in range(GH):
             for j in range(W):
                 g[i, j] = 0
     for r0 in range(0, R, n_max):
-        n = min(n_max, R - r0)
+        n = R - r0 if R - r0 < n_max else n_max
         for i in range(n):
             r = r0 + i
             rel = scale_rows[r] - s_star

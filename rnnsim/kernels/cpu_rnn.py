@@ -14,15 +14,17 @@ import numpy as np
 from ._vmath import tanh
 from .cpu_common import (
     entry,
+    folded_bias,
     gather_inputs,
     lyapunov_block,
     renormalise,
+    reshaped,
     stage,
     take,
     typed,
 )
 from .cpu_matmul import matmul, pack_panels, step_product, weight_gradients
-from .cpu_readout import loss_adjoints
+from .cpu_readout import every_step_adjoints, injected_adjoints, last_step_adjoints
 
 
 @stage
@@ -48,9 +50,9 @@ def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs, team):
     T, nb, D = x.shape
     H = hs.shape[2]
     # Input projections of every step at once: one (T*nb, D) x (D, H) product.
-    matmul(x.reshape(T * nb, D), w_ih_t, pre.reshape(T * nb, H), 0.0)
+    matmul(reshaped(x, (T * nb, D)), w_ih_t, reshaped(pre, (T * nb, H)), 0.0)
     hs[0] = 0
-    recurrent = np.empty((nb, H), x.dtype)
+    recurrent = reshaped(np.empty(nb * H, x.dtype), (nb, H))
     for t in range(T):
         step_product(hs[t], w_hh_t_panels, recurrent, team)
         for b in range(nb):
@@ -86,10 +88,10 @@ def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale,
     T = da.shape[0]
     nb, H = mant_h.shape
     one = typed(hs, 1.0)
-    no_c = np.empty((nb, 0), hs.dtype)
+    no_c = reshaped(np.empty(0, hs.dtype), (nb, 0))
     use_local = local.shape[0] > 0
-    # empty, and laid out as the rows they stand for: one renormalise signature, no np.empty(0) to compile
-    no_local, no_local_log = np.empty((0, H), hs.dtype), scale[:0]
+    # empty, and laid out as the rows they stand for: one renormalise signature
+    no_local, no_local_log = reshaped(no_c, (0, H)), scale[:0]
     for t in range(T, 0, -1):
         for b in range(nb):
             log_h[b, t] = scale[b]  # mant_h has unit norm (or is zero with scale -inf)
@@ -111,8 +113,8 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
                    part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss kind follows
-    from the types of ``targets`` and ``given``, the per-step adjoints injected when
-    ``given`` is not None, see :func:`~rnnsim.kernels.cpu_readout.loss_adjoints`);
+    from ``targets.ndim``, the per-step adjoints ``given`` injected when ``targets`` is
+    1-d and empty, see :mod:`~rnnsim.kernels.cpu_readout`);
     writes only its own slots
     (``part_*[item]`` except ``part_bhh``, which the bias tie supplies,
     ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile, and ``cursors[item]``, its
@@ -126,21 +128,28 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     nb = b1 - b0
     cursor, cursor64 = cursors[item, 0:1], cursors[item, 1:2]
     x = gather_inputs(inputs, e, b0, nb, pool, cursor)
-    bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
-    hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
+    bias = folded_bias(b_ih, b_hh, e, pool, cursor)
+    hs = reshaped(take(pool, cursor, (T + 1) * nb * H), (T + 1, nb, H))
     # one (step, sequence) row per gate unit: the forward's input projections, which
     # the backward overwrites in place with dL/da_t (the projections are spent by then)
-    gate_rows = take(pool, cursor, T * nb * H).reshape((T, nb, H))
+    gate_rows = reshaped(take(pool, cursor, T * nb * H), (T, nb, H))
     rnn_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs, teams[item])
-    part_loss[item], mant_h, scale, local, local_log = loss_adjoints(
-        targets, given, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item], h_last, pool, cursor,
-        pool64, cursor64)
-    da_scale = take(pool64, cursor64, T * nb).reshape((T, nb))
+    # the loss kind's readout path: numba keeps one branch as it compiles (rnnsim.kernels.cpu_readout)
+    if targets.ndim == 3:
+        readout = every_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
+                                      h_last, pool, cursor, pool64, cursor64)
+    elif targets.ndim == 2:
+        readout = last_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
+                                     h_last, pool, cursor, pool64, cursor64)
+    else:
+        readout = injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64)
+    part_loss[item], mant_h, scale, local, local_log = readout
+    da_scale = reshaped(take(pool64, cursor64, T * nb), (T, nb))
     rnn_backward(hs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h, scale, gate_rows, da_scale,
                  profiles[0, e, b0:b1], teams[item])
     part_scale[item] = weight_gradients(
-        gate_rows.reshape(T * nb, H), da_scale.reshape(T * nb), hs[:T].reshape(T * nb, H),
-        x.reshape(T * nb, D), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
+        reshaped(gate_rows, (T * nb, H)), reshaped(da_scale, T * nb), reshaped(hs[:T], (T * nb, H)),
+        reshaped(x, (T * nb, D)), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
         cursor)
 
 
@@ -154,9 +163,9 @@ def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_i
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
     cursor = cursors[item, 0:1]
     x = gather_inputs(inputs, e, b0, nb, pool, cursor)
-    bias = b_ih[e] + b_hh[e]  # the biases fold into one sum
-    hs = take(pool, cursor, (T + 1) * nb * H).reshape((T + 1, nb, H))
-    pre = take(pool, cursor, T * nb * H).reshape((T, nb, H))
+    bias = folded_bias(b_ih, b_hh, e, pool, cursor)
+    hs = reshaped(take(pool, cursor, (T + 1) * nb * H), (T + 1, nb, H))
+    pre = reshaped(take(pool, cursor, T * nb * H), (T, nb, H))
     rnn_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, pre, hs, teams[item])
     for b in range(nb):
         for t in range(T):
