@@ -35,8 +35,8 @@ FASTMATH = set(config.NUMBA_FASTMATH)
 # Helpers are only called from @njit code: no Python or C wrapper to build for them.
 jit = njit(cache=True, fastmath=FASTMATH, nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True)
 # The stages that an entry point calls once (a cell's forward and backward, the readout
-# of each loss kind, the weight gradients): typed inside their caller. Compiled on their
-# own, numba would optimise and compile their code twice, alone and again inside the caller.
+# of each loss kind): typed inside their caller. Compiled on their own, numba would
+# optimise and compile their code twice, alone and again inside the caller.
 stage = njit(cache=True, fastmath=FASTMATH, nogil=True, no_cpython_wrapper=True, no_cfunc_wrapper=True,
              inline="always")
 # The per-item entry points that the driver calls from Python threads.

@@ -15,7 +15,6 @@ from ._vmath import sigmoid, tanh
 from .cpu_common import (
     entry,
     gather_inputs,
-    jit,
     lyapunov_block,
     renormalise,
     reshaped,
@@ -158,16 +157,6 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
         log_h[b, 0] = scale[b]
 
 
-@jit
-def gru_weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows, g_ih, g_hh, g_b, pool,
-                         cursor):
-    """:func:`~rnnsim.kernels.cpu_matmul.weight_gradients` in a function of its own: the
-    item kernel calls it twice, with the same types, and this compiles it once (the stage
-    would be compiled into the item kernel at each call)."""
-    return weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows, g_ih, g_hh, g_b,
-                            pool, cursor)
-
-
 @entry
 def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
@@ -211,16 +200,15 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     # beside them would add H·(H+D+1).
     rows = T * nb
     x_rows = reshaped(x, (rows, D))
-    s_star = gru_weight_gradients(reshaped(gate_rows, (rows, GH)), reshaped(da_scale, rows),
-                                  reshaped(hs[:T], (rows, H)), x_rows, log_cutoff, block_rows, part_ih[item],
-                                  part_hh[item], part_bih[item], pool, cursor)
+    s_star = weight_gradients(reshaped(gate_rows, (rows, GH)), reshaped(da_scale, rows),
+                              reshaped(hs[:T], (rows, H)), x_rows, log_cutoff, block_rows, part_ih[item],
+                              part_hh[item], part_bih[item], pool, cursor)
     for j in range(GH):  # db_hr, db_hz equal db_ir, db_iz; Σ δu is db_hn
         part_bhh[item, j] = part_bih[item, j]
     no_columns = reshaped(np.empty(0, inputs.dtype), (rows, 0))  # the factor Z is then [x, 1]
     unused_ih = reshaped(no_columns, (H, 0))
-    gru_weight_gradients(reshaped(u_rows, (rows, H)), reshaped(da_scale, rows), x_rows, no_columns,
-                         log_cutoff, block_rows, unused_ih, part_ih[item, 2 * H:], part_bih[item, 2 * H:],
-                         pool, cursor)
+    weight_gradients(reshaped(u_rows, (rows, H)), reshaped(da_scale, rows), x_rows, no_columns, log_cutoff,
+                     block_rows, unused_ih, part_ih[item, 2 * H:], part_bih[item, 2 * H:], pool, cursor)
     part_scale[item] = s_star
 
 

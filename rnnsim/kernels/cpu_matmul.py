@@ -348,7 +348,7 @@ def matmul(typingctx, a, b, out, beta):
     return types.void(a, b, out, types.float64), codegen
 
 
-@stage
+@jit
 def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows, g_ih, g_hh, g_b, pool,
                      cursor):
     """Mantissas of dW_ih, dW_hh, db relative to exp(S*), S* = max scale
