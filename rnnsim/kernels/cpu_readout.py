@@ -15,9 +15,9 @@ the kernels (:func:`injected_adjoints`, beside empty 1-d targets). Each cell's
 and numba, which reads ``ndim`` off the type of a compiled function's own argument,
 keeps one branch before it inlines the stages, so a call types and compiles only the
 path it takes. That is why the test sits in each item kernel: within a stage of its
-own it would be decided only after all three paths were inlined (2.7 s of a first
-call, measured for the rnn in float64), and a function compiled on its own would be
-compiled twice, alone and again in its caller (0.8 s of LLVM).
+own it would be decided only after all three paths were inlined (inlining them took
+2.7 s of an instrumented first call, rnn float64), and a function compiled on its own
+would be compiled twice, alone and again in its caller (0.8 s of LLVM).
 
 Every path returns (loss, mant_h, scale, local, local_log): the sum of the item's
 cross-entropies (not yet divided by the count, B·T or B; 0 for injected adjoints);
