@@ -3,11 +3,14 @@
 Each measurement is a fresh Python process with a fresh, temporary ``NUMBA_CACHE_DIR``
 that runs one ``gradients`` call on a tiny problem (E=2, B=3, T=5, H=8, loss "last"),
 so nearly all of its time is compiling that cell and dtype's item kernel and the
-helpers it calls. It prints wall and CPU seconds per run, and the medians.
+helpers it calls. It prints wall and CPU seconds per run, and the medians. With
+``--together``, one process compiles every listed cell in turn, as the default
+``rnnsim sweep`` does (its cells share the compiled helpers).
 
     python benchmarks/bench_compile.py                      # rnn float64, 3 rounds
     python benchmarks/bench_compile.py --cells rnn,lstm,gru --dtypes float64,float32
     python benchmarks/bench_compile.py --against /path/to/other/checkout
+    python benchmarks/bench_compile.py --cells rnn,lstm,gru --together
 
 A single compile varies by ±30% on a shared machine. With ``--against``, every round
 runs the other checkout (an old commit, say) and this one side by side, one process
@@ -34,13 +37,17 @@ sys.path.insert(0, sys.argv[1])
 import numpy as np
 import rnnsim
 assert rnnsim.__file__.startswith(sys.argv[1]), rnnsim.__file__
-cell, dtype = sys.argv[2], sys.argv[3]
-params = rnnsim.init_params(cell, 8, 3, 2, 2, seed=0, dtype=dtype)
-rng = np.random.default_rng(1)
-x = rng.standard_normal((2, 3, 5, 3)).astype(dtype)
-y = rng.integers(0, 2, size=(2, 3))
+cells, dtype = sys.argv[2].split("+"), sys.argv[3]
+problems = []
+for cell in cells:
+    params = rnnsim.init_params(cell, 8, 3, 2, 2, seed=0, dtype=dtype)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 5, 3)).astype(dtype)
+    y = rng.integers(0, 2, size=(2, 3))
+    problems.append((cell, params, x, y))
 wall, cpu = time.perf_counter(), time.process_time()
-rnnsim.gradients(cell, params, x, y)
+for cell, params, x, y in problems:
+    rnnsim.gradients(cell, params, x, y)
 print(time.perf_counter() - wall, time.process_time() - cpu)
 """
 
@@ -66,6 +73,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--against", type=Path, default=None,
                         help="another checkout of rnnsim, run side by side with this one")
+    parser.add_argument("--together", action="store_true",
+                        help="compile all the cells in one process, one after the other")
     args = parser.parse_args(argv)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
@@ -82,8 +91,9 @@ def main(argv=None) -> int:
     sides = ["this"] if args.against is None else ["other", "this"]
     repos = {"this": HERE, "other": args.against}
     times = {}
+    cell_names = [args.cells.replace(",", "+")] if args.together else args.cells.split(",")
     for round_ in range(1, args.rounds + 1):
-        for cell in args.cells.split(","):
+        for cell in cell_names:
             for dtype in args.dtypes.split(","):
                 with tempfile.TemporaryDirectory() as tmp:
                     procs = {side: _start(repos[side], cell, dtype, os.path.join(tmp, side))
@@ -94,7 +104,7 @@ def main(argv=None) -> int:
                 for side, value in got.items():
                     times.setdefault((cell, dtype, side), []).append(value[0])
     print("# medians of the wall times")
-    for cell in args.cells.split(","):
+    for cell in cell_names:
         for dtype in args.dtypes.split(","):
             line = "  ".join(f"{side} {np.median(times[cell, dtype, side]):.2f} s" for side in sides)
             if args.against is not None:

@@ -1,4 +1,8 @@
 """Numba CPU kernels against the NumPy reference (float64 to 1e-12, float32 to 1e-5)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from numba import njit
@@ -6,7 +10,9 @@ from numba.core.errors import TypingError
 
 import rnnsim
 from rnnsim import cells, config, reference
-from rnnsim.kernels.cpu_common import reshaped, typed
+from rnnsim.kernels.cpu_common import call, link_addresses, reshaped, take, typed
+from rnnsim.kernels.cpu_matmul import pack_panels, step_product, weight_gradients
+from rnnsim.kernels.cpu_team import SIZE, TEAM_WORDS
 from rnnsim.losses import FUSED_LOSSES as LOSSES  # the other losses: test_losses.py
 
 from helpers import assert_close, assert_outputs_close, make_problem
@@ -186,3 +192,113 @@ def test_typed_casts_to_the_arrays_dtype():
     assert _typed_third(np.empty((0, 2))) == 1.0 / 3.0
     with pytest.raises(TypingError, match="like must be an array"):
         _typed_third(1.0)
+
+
+# --- helpers called through their addresses (cpu_common.call) ------------------------
+
+@njit
+def _product_direct(a, w, out):
+    pool, cursor, team = np.empty(4096, a.dtype), np.zeros(1, np.int64), np.zeros(TEAM_WORDS, np.int64)
+    team[SIZE] = 1
+    step_product(a, pack_panels(w, pool, cursor), out, team)
+
+
+@njit
+def _product_linked(links, a, w, out):
+    pool, cursor, team = np.empty(4096, a.dtype), np.zeros(1, np.int64), np.zeros(TEAM_WORDS, np.int64)
+    team[SIZE] = 1
+    call(links, step_product, a, call(links, pack_panels, w, pool, cursor), out, team)
+
+
+@njit
+def _weights_linked(links, da, scales, h, x, g_ih, g_hh, g_b):
+    pool, cursor = np.empty(4096, da.dtype), np.zeros(1, np.int64)
+    return call(links, weight_gradients, da, scales, h, x, -np.inf, 2, g_ih, g_hh, g_b, pool, cursor)
+
+
+@njit
+def _weights_direct(da, scales, h, x, g_ih, g_hh, g_b):
+    pool, cursor = np.empty(4096, da.dtype), np.zeros(1, np.int64)
+    return weight_gradients(da, scales, h, x, -np.inf, 2, g_ih, g_hh, g_b, pool, cursor)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_call_by_address_matches_the_direct_call(dtype):
+    """The same helpers, linked into the caller (direct) and called through the addresses
+    of link_addresses: the same results, bitwise (one compiled helper either way), a
+    returned array (pack_panels) and a returned float (weight_gradients) included."""
+    rng = np.random.default_rng(5)
+    a, w = rng.standard_normal((5, 7)).astype(dtype), rng.standard_normal((7, 11)).astype(dtype)
+    w.flags.writeable = False  # a read-only parameter (as users' weights may be) takes it as it is
+    direct, linked = np.empty((5, 11), dtype), np.empty((5, 11), dtype)
+    _product_direct(a, w, direct)
+    _product_linked(link_addresses(dtype), a, w, linked)
+    np.testing.assert_array_equal(linked, direct)
+    np.testing.assert_allclose(linked, a.astype(np.float64) @ w, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    R, GH, H, D = 6, 4, 3, 2
+    da, h, x = (rng.standard_normal(shape).astype(dtype) for shape in ((R, GH), (R, H), (R, D)))
+    scales = rng.standard_normal(R)
+    outs = [[np.empty(shape, dtype) for shape in ((GH, D), (GH, H), (GH,))] for _ in range(2)]
+    s_linked = _weights_linked(link_addresses(dtype), da, scales, h, x, *outs[0])
+    s_direct = _weights_direct(da, scales, h, x, *outs[1])
+    assert s_linked == s_direct == scales.max()
+    for got, want in zip(*outs):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_call_by_address_raises_the_helpers_errors_and_refuses_stale_links():
+    """A helper's exception reaches the caller as from a direct call; a links array whose
+    token for the helper differs (kernels compiled against another signature, a stale
+    cache) or that is too short raises instead of calling anything."""
+    a, w = np.ones((2, 3)), np.ones((3, 4))
+    links = link_addresses(np.float64)
+    with pytest.raises(ValueError, match="step_product: panels do not match"):
+        _product_linked(links, a, w, np.empty((3, 4)))  # out has another number of rows
+    stale = links.copy()
+    stale[1::2] += 1
+    with pytest.raises(RuntimeError, match="another signature"):
+        _product_linked(stale, a, w, np.empty((2, 4)))
+    with pytest.raises(RuntimeError, match="too short"):
+        _product_linked(links[:1], a, w, np.empty((2, 4)))
+    assert links.flags.writeable is False and link_addresses(np.float64) is links
+
+
+@njit
+def _take_linked(links, pool):
+    return call(links, take, pool, np.zeros(1, np.int64), 2)
+
+
+def test_call_refuses_an_unlinked_helper_and_other_types():
+    with pytest.raises(TypingError, match="not a linked helper"):
+        _take_linked(link_addresses(np.float64), np.empty(4))
+    with pytest.raises(TypingError, match="pack_panels takes"):  # float64 weights into a float32 workspace
+        _product_linked(link_addresses(np.float32), np.ones((2, 3), np.float32), np.ones((3, 4)),
+                        np.empty((2, 4), np.float32))
+    with pytest.raises(TypingError, match="1-d int64 array"):
+        _product_linked(np.zeros(8), np.ones((2, 3)), np.ones((3, 4)), np.empty((2, 4)))
+
+
+_FROM_CACHE = """
+import numpy as np, rnnsim
+params = rnnsim.init_params("lstm", 5, 3, 2, 2, seed=0, dtype="float32")
+rng = np.random.default_rng(1)
+x = rng.standard_normal((2, 3, 4, 3)).astype("float32")
+y = rng.integers(0, 2, size=(2, 3))
+g = rnnsim.gradients("lstm", params, x, y)
+from rnnsim.kernels import cpu_lstm
+print(sum(cpu_lstm.gradients_item.stats.cache_hits.values()))
+print(repr(float(np.asarray(g["weight_hh_l0"], np.float64).sum())), repr(float(g["loss"].sum())))
+"""
+
+
+@pytest.mark.slow
+def test_kernels_loaded_from_the_cache_find_their_helpers(tmp_path):
+    """The item kernels hold no helper's code, only the links the driver passes: a second
+    process that loads them from numba's cache (and the helpers, at other addresses)
+    computes the same gradients as the process that compiled them."""
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    runs = [subprocess.run([sys.executable, "-c", _FROM_CACHE], env=env, capture_output=True, text=True,
+                           check=True).stdout for _ in range(2)]
+    (hits_first, first), (hits_second, second) = (run.split("\n", 1) for run in runs)
+    assert (hits_first, hits_second) == ("0", "1")  # compiled, then loaded from the cache
+    assert first == second and first.strip()

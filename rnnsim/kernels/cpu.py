@@ -34,7 +34,7 @@ from numba import get_num_threads
 
 from .. import cells, config, logdomain
 from . import cpu_team
-from .cpu_common import WORKSPACE_ALIGN_BYTES
+from .cpu_common import WORKSPACE_ALIGN_BYTES, link_addresses
 from .cpu_matmul import team_helper
 
 
@@ -111,12 +111,13 @@ def _run_items(item_kernel, n_items, *args, dtype=None, team_size=1):
     item writes only its own output slots, exactly as a prange body would.
 
     With ``dtype``, the kernel is called as ``item_kernel(item, pool, pool64, cursors,
-    teams, *args)``: the running thread's workspaces in ``dtype`` and in float64, the
+    teams, links, *args)``: the running thread's workspaces in ``dtype`` and in float64, the
     (n_items, 2) elements each item took from them
-    (:func:`rnnsim.kernels.cpu_common.take`), by which a short workspace grows, and
+    (:func:`rnnsim.kernels.cpu_common.take`), by which a short workspace grows,
     the items' team control blocks, (n_items, TEAM_WORDS): with ``team_size`` > 1,
     each item's thread leads ``team_size - 1`` helper threads of its own on the
-    per-step products (:mod:`rnnsim.kernels.cpu_team`).
+    per-step products (:mod:`rnnsim.kernels.cpu_team`), and the addresses of the
+    helpers the kernels call (:func:`rnnsim.kernels.cpu_common.link_addresses`).
     """
     if dtype is None:
         def run(item):
@@ -128,11 +129,12 @@ def _run_items(item_kernel, n_items, *args, dtype=None, team_size=1):
         teams = np.zeros((n_items, cpu_team.TEAM_WORDS), np.int64)
         teams[:, cpu_team.SIZE] = team_size
         like = np.empty(0, dtype)
+        links = link_addresses(dtype)
 
         def run(item):
             pools = [_workspace(key) for key in keys]
             with _helpers(teams[item], like):
-                item_kernel(item, pools[0], pools[1], cursors, teams, *args)
+                item_kernel(item, pools[0], pools[1], cursors, teams, links, *args)
             sizes = [pool.size for pool in pools]
             del pools  # a short workspace is freed before its larger successor is made
             for key, size, used in zip(keys, sizes, cursors[item]):

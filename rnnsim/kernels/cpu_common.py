@@ -19,13 +19,15 @@ Conventions for one *work item* (one network, a tile of ``nb`` of its sequences)
 from __future__ import annotations
 
 import math
+import threading
+import zlib
 
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.core.errors import TypingError
-from numba.core.imputils import impl_ret_borrowed
+from numba.core.imputils import impl_ret_borrowed, impl_ret_new_ref
 from numba.extending import intrinsic
 from numba.np.arrayobj import populate_array
 
@@ -109,6 +111,126 @@ def reshaped(typingctx, arr, shape):
     return result(arr, shape), codegen
 
 
+# --- Helpers linked by address -------------------------------------------------------
+#
+# numba links the LLVM IR of a compiled helper into every function that calls it, and
+# LLVM then optimises and compiles that copy once more in each caller: in an rnn
+# float64 first call, the item kernel's module held ~1.4k lines of its own code's
+# optimised IR against ~5.8k of linked helpers (step_product's tiles, weight_gradients,
+# renormalise, pack_panels), and 35-45% of its LLVM time went to them. The helpers
+# marked with :func:`linked` are compiled once per dtype on their own, and the item
+# kernels call them through their addresses: the ``links`` array that the driver
+# passes in (:func:`link_addresses`), read by the intrinsic :func:`call`. Each is
+# called once per step or per item, so the indirect call costs nothing measurable
+# (none of them was inlined into its callers before either).
+_LINKED = []  # (dispatcher, its parameter types as a function of the float type, like); slot = index
+
+
+def linked(parameters, like=0):
+    """Decorator for an @njit helper that item kernels call by address (:func:`call`).
+
+    ``parameters(f)`` gives the helper's parameter types (numba types) for the float type
+    ``f`` (``types.float32`` or ``types.float64``): the one signature compiled per dtype,
+    the dtype of argument ``like``. A read-only array parameter accepts writable arrays too.
+    """
+    def register(dispatcher):
+        _LINKED.append((dispatcher, parameters, like))
+        return dispatcher
+    return register
+
+
+def _slot(dispatcher):
+    for slot, (known, _, _) in enumerate(_LINKED):
+        if known is dispatcher:
+            return slot
+    raise TypingError(f"call: {dispatcher.py_func.__name__} is not a linked helper (cpu_common.linked)")
+
+
+def _compiled_link(slot, float_type):
+    """(parameter types, return type, token) of linked helper ``slot`` for ``float_type``,
+    compiled for that signature (or loaded from numba's cache). The token, a hash of the
+    helper's name and signature, is stored beside its address, so that a kernel compiled
+    against another signature (a stale cache) raises instead of calling it wrongly."""
+    dispatcher, parameters, _ = _LINKED[slot]
+    params = tuple(parameters(float_type))
+    dispatcher.compile(params)
+    restype = dispatcher.overloads[params].signature.return_type
+    text = f"{dispatcher.py_func.__module__}.{dispatcher.py_func.__qualname__}{params} -> {restype}"
+    return params, restype, zlib.crc32(text.encode()) & 0x7FFFFFFF
+
+
+_FLOAT_TYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
+_link_lock = threading.Lock()
+_link_tables = {}
+
+
+def link_addresses(dtype):
+    """The ``links`` array of the item kernels for ``dtype``: int64 (2 * helpers,), the
+    address and token of each linked helper, compiled (or loaded from numba's cache)
+    for its signature on first use; read-only, shared by every call."""
+    dtype = np.dtype(dtype)
+    table = _link_tables.get(dtype)
+    if table is not None and len(table) == 2 * len(_LINKED):
+        return table
+    with _link_lock:
+        table = np.empty(2 * len(_LINKED), np.int64)
+        for slot, (dispatcher, _, _) in enumerate(_LINKED):
+            params, _, token = _compiled_link(slot, _FLOAT_TYPES[dtype])
+            result = dispatcher.overloads[params]
+            table[2 * slot] = result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
+            table[2 * slot + 1] = token
+        if not table[::2].all():
+            raise RuntimeError("rnnsim: a linked CPU helper has no address after compiling")
+        table.flags.writeable = False
+        _link_tables[dtype] = table
+        return table
+
+
+@intrinsic
+def call(typingctx, links, helper, *args):
+    """``helper(*args)`` for a :func:`linked` helper, through its address in ``links``
+    (:func:`link_addresses` of the kernel's dtype); its exceptions propagate as from a
+    direct call. The arguments are converted to the helper's one signature for the
+    dtype of its argument ``like`` (see :func:`linked`); a RuntimeError when ``links`` does not
+    hold that helper with that signature (kernels compiled by an older rnnsim)."""
+    if not (isinstance(links, types.Array) and links.ndim == 1 and links.dtype == types.int64):
+        raise TypingError("call(links, helper, ...): links must be a 1-d int64 array")
+    if not isinstance(helper, types.Dispatcher):
+        raise TypingError("call(links, helper, ...): helper must be an @njit function")
+    slot = _slot(helper.dispatcher)
+    like = _LINKED[slot][2]
+    float_type = args[like].dtype if len(args) > like and isinstance(args[like], types.Array) else None
+    if float_type not in _FLOAT_TYPES.values():
+        name = helper.dispatcher.py_func.__name__
+        raise TypingError(f"call: argument {like} of {name} must be a float32 or float64 array")
+    params, restype, token = _compiled_link(slot, float_type)
+    if len(params) != len(args) or any(typingctx.can_convert(a, p) is None for a, p in zip(args, params)):
+        raise TypingError(f"call: {helper.dispatcher.py_func.__name__} takes {params}, got {args}")
+
+    def codegen(context, builder, sig, llargs):
+        i64 = ir.IntType(64)
+        table = context.make_array(sig.args[0])(context, builder, llargs[0])
+        nitems = table.nitems
+        short = builder.icmp_signed("<", nitems, ir.Constant(nitems.type, 2 * slot + 2))
+        with cgutils.if_unlikely(builder, short):
+            context.call_conv.return_user_exc(builder, RuntimeError, ("call: links is too short",))
+        address = builder.load(builder.gep(table.data, [ir.Constant(i64, 2 * slot)]))
+        found = builder.load(builder.gep(table.data, [ir.Constant(i64, 2 * slot + 1)]))
+        with cgutils.if_unlikely(builder, builder.icmp_signed("!=", found, ir.Constant(i64, token))):
+            context.call_conv.return_user_exc(
+                builder, RuntimeError, ("call: links holds another signature of the helper (stale compiled "
+                                        "kernels: clear NUMBA_CACHE_DIR or the __pycache__ folders)",))
+        fnty = context.call_conv.get_function_type(restype, params)
+        fn = builder.inttoptr(address, fnty.as_pointer())
+        arguments = cgutils.unpack_tuple(builder, llargs[2])  # *args arrive as one tuple, cast to params
+        status, result = context.call_conv.call_function(builder, fn, restype, params, arguments)
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return impl_ret_new_ref(context, builder, restype, result)
+
+    return restype(links, helper, types.StarArgTuple.from_types(params)), codegen
+
+
 # Alignment of every workspace buffer: the driver (rnnsim.kernels.cpu) aligns each
 # workspace's first element to WORKSPACE_ALIGN_BYTES, and :func:`take` advances offsets
 # by whole WORKSPACE_ALIGN elements, a multiple of those bytes in float32 and float64.
@@ -172,6 +294,7 @@ def log_norms(rows, out):
         out[r] = 0.5 * math.log(sq) if sq > 0.0 else -np.inf
 
 
+@linked(lambda f: (types.float64[::1], f[:, ::1], f[:, ::1], f[:, ::1], types.float64[::1]), like=1)
 @jit
 def renormalise(scale, mant_h, mant_c, local, local_log):
     """Replace exp(scale[b]) (mant_h[b], mant_c[b]) + (local[b], 0) by a unit-norm

@@ -13,6 +13,7 @@ import numpy as np
 
 from ._vmath import sigmoid, tanh
 from .cpu_common import (
+    call,
     entry,
     gather_inputs,
     lyapunov_block,
@@ -27,7 +28,7 @@ from .cpu_readout import every_step_adjoints, injected_adjoints, last_step_adjoi
 
 
 @stage
-def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs, team):
+def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs, team, links):
     r"""Forward recurrence.
 
     Parameters
@@ -41,6 +42,7 @@ def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs, team):
     u_rows : (T, nb, H) out: u = W_hn h_{t-1} + b_hn of every step
     hs : (T+1, nb, H) out: h_t, with h_0 = 0
     team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
+    links : the addresses of the helpers it calls (:func:`~rnnsim.kernels.cpu_common.call`)
 
     Notes
     -----
@@ -58,7 +60,7 @@ def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs, team):
     hid = reshaped(np.empty(nb * GH, x.dtype), (nb, GH))
     r_u = np.empty(H, x.dtype)
     for t in range(T):
-        step_product(hs[t], w_hh_t_panels, hid, team)
+        call(links, step_product, hs[t], w_hh_t_panels, hid, team)
         for b in range(nb):
             # One array written per loop, so that each loop vectorises (see cpu_lstm), and
             # no loop reads the array it writes at another offset: LLVM cannot prove such
@@ -83,7 +85,8 @@ def gru_forward(x, w_ih_t, w_hh_t_panels, b_ih, b_hh, gates, u_rows, hs, team):
 
 
 @stage
-def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale, da_scale, log_h, team):
+def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale, da_scale, log_h, team,
+                 links):
     r"""Log-domain BPTT through the recurrence.
 
     Parameters
@@ -101,6 +104,7 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
     da_scale : (T, nb) out: log-scales of the rows
     log_h : (nb, T+1) out: ln ||dL/dh_t||
     team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
+    links : the addresses of the helpers it calls (:func:`~rnnsim.kernels.cpu_common.call`)
 
     Notes
     -----
@@ -145,20 +149,20 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
         for b in range(nb):  # the gates of step t are spent; keep the recurrent-side rows
             for j in range(3 * H):
                 gates[t - 1, b, j] = rows_hid[b, j]
-        step_product(rows_hid, w_hh_panels, mant_h, team)
+        call(links, step_product, rows_hid, w_hh_panels, mant_h, team)
         for b in range(nb):
             for j in range(H):
                 mant_h[b, j] += direct[b, j]
         if use_local:
-            renormalise(scale, mant_h, no_c, local[t - 1], local_log[t - 1])
+            call(links, renormalise, scale, mant_h, no_c, local[t - 1], local_log[t - 1])
         else:
-            renormalise(scale, mant_h, no_c, no_local, no_local_log)
+            call(links, renormalise, scale, mant_h, no_c, no_local, no_local_log)
     for b in range(nb):
         log_h[b, 0] = scale[b]
 
 
 @entry
-def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
+def gradients_item(item, pool, pool64, cursors, teams, links, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
                    part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss kind follows
@@ -166,7 +170,7 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     1-d and empty, see :mod:`~rnnsim.kernels.cpu_readout`);
     writes only its own slots
     (``part_*[item]``, ``profiles[0, e, b0:b1]``, the ln‖dL/dh_t‖ profile, and
-    ``cursors[item]`` and ``teams[item]`` as in :func:`rnnsim.kernels.cpu_rnn.gradients_item`)."""
+    ``cursors[item]``, ``teams[item]`` and ``links`` as in :func:`rnnsim.kernels.cpu_rnn.gradients_item`)."""
     T, D = inputs.shape[2], inputs.shape[3]
     H, GH = w_hh.shape[2], w_hh.shape[1]
     e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
@@ -178,21 +182,22 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     # place with the recurrent-side adjoint rows (δa^r, δa^z, δu); u_rows likewise becomes δa^n
     gate_rows = reshaped(take(pool, cursor, T * nb * GH), (T, nb, GH))
     u_rows = reshaped(take(pool, cursor, T * nb * H), (T, nb, H))
-    gru_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), b_ih[e], b_hh[e], gate_rows, u_rows, hs,
-                teams[item])
+    w_hh_t_panels = call(links, pack_panels, w_hh_t[e], pool, cursor)
+    gru_forward(x, w_ih_t[e], w_hh_t_panels, b_ih[e], b_hh[e], gate_rows, u_rows, hs, teams[item], links)
     # the loss kind's readout path: numba keeps one branch as it compiles (rnnsim.kernels.cpu_readout)
     if targets.ndim == 3:
         readout = every_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
-                                      h_last, pool, cursor, pool64, cursor64)
+                                      h_last, pool, cursor, pool64, cursor64, links)
     elif targets.ndim == 2:
         readout = last_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
-                                     h_last, pool, cursor, pool64, cursor64)
+                                     h_last, pool, cursor, pool64, cursor64, links)
     else:
-        readout = injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64)
+        readout = injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64, links)
     part_loss[item], mant_h, scale, local, local_log = readout
     da_scale = reshaped(take(pool64, cursor64, T * nb), (T, nb))
-    gru_backward(gate_rows, u_rows, hs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h, scale,
-                 da_scale, profiles[0, e, b0:b1], teams[item])
+    w_hh_panels = call(links, pack_panels, w_hh[e], pool, cursor)
+    gru_backward(gate_rows, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale, da_scale,
+                 profiles[0, e, b0:b1], teams[item], links)
     # The recurrent side of every block, and the input side of r and z, share their rows
     # (δa^r, δa^z, δu): one product with [h, x, 1]. Its n block's x columns (δu x) are
     # not a gradient; the second product, δa^n with [x, 1] only, overwrites them. Both
@@ -200,23 +205,24 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     # beside them would add H·(H+D+1).
     rows = T * nb
     x_rows = reshaped(x, (rows, D))
-    s_star = weight_gradients(reshaped(gate_rows, (rows, GH)), reshaped(da_scale, rows),
-                              reshaped(hs[:T], (rows, H)), x_rows, log_cutoff, block_rows, part_ih[item],
-                              part_hh[item], part_bih[item], pool, cursor)
+    s_star = call(links, weight_gradients, reshaped(gate_rows, (rows, GH)), reshaped(da_scale, rows),
+                  reshaped(hs[:T], (rows, H)), x_rows, log_cutoff, block_rows, part_ih[item], part_hh[item],
+                  part_bih[item], pool, cursor)
     for j in range(GH):  # db_hr, db_hz equal db_ir, db_iz; Σ δu is db_hn
         part_bhh[item, j] = part_bih[item, j]
     no_columns = reshaped(np.empty(0, inputs.dtype), (rows, 0))  # the factor Z is then [x, 1]
     unused_ih = reshaped(no_columns, (H, 0))
-    weight_gradients(reshaped(u_rows, (rows, H)), reshaped(da_scale, rows), x_rows, no_columns, log_cutoff,
-                     block_rows, unused_ih, part_ih[item, 2 * H:], part_bih[item, 2 * H:], pool, cursor)
+    call(links, weight_gradients, reshaped(u_rows, (rows, H)), reshaped(da_scale, rows), x_rows, no_columns,
+         log_cutoff, block_rows, unused_ih, part_ih[item, 2 * H:], part_bih[item, 2 * H:], pool, cursor)
     part_scale[item] = s_star
 
 
 @entry
-def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0,
-                 item_b1, states):
+def forward_item(item, pool, pool64, cursors, teams, links, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net,
+                 item_b0, item_b1, states):
     """Forward pass of one work item into its own slots of ``states[0]`` = h (E, B, T, H)
-    (and ``cursors[item]`` and ``teams[item]``, as in :func:`gradients_item`; ``pool64`` is unused)."""
+    (and ``cursors[item]``, ``teams[item]`` and ``links`` as in :func:`gradients_item`;
+    ``pool64`` is unused)."""
     T = inputs.shape[2]
     H, GH = w_hh_t.shape[1], w_hh_t.shape[2]
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
@@ -225,8 +231,8 @@ def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_i
     hs = reshaped(take(pool, cursor, (T + 1) * nb * H), (T + 1, nb, H))
     gate_rows = reshaped(take(pool, cursor, T * nb * GH), (T, nb, GH))
     u_rows = reshaped(take(pool, cursor, T * nb * H), (T, nb, H))
-    gru_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), b_ih[e], b_hh[e], gate_rows, u_rows, hs,
-                teams[item])
+    w_hh_t_panels = call(links, pack_panels, w_hh_t[e], pool, cursor)
+    gru_forward(x, w_ih_t[e], w_hh_t_panels, b_ih[e], b_hh[e], gate_rows, u_rows, hs, teams[item], links)
     for b in range(nb):
         for t in range(T):
             for j in range(H):

@@ -11,6 +11,7 @@ import numpy as np
 
 from ._vmath import sigmoid, tanh
 from .cpu_common import (
+    call,
     entry,
     folded_bias,
     gather_inputs,
@@ -26,7 +27,7 @@ from .cpu_readout import every_step_adjoints, injected_adjoints, last_step_adjoi
 
 
 @stage
-def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs, team):
+def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs, team, links):
     r"""Forward recurrence.
 
     Parameters
@@ -40,6 +41,7 @@ def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs, team):
     hs, cs : (T+1, nb, H) out: h_t and c_t, with h_0 = c_0 = 0
     tanh_cs : (T, nb, H) out: tanh(c_t) for t = 1..T
     team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
+    links : the addresses of the helpers it calls (:func:`~rnnsim.kernels.cpu_common.call`)
 
     Notes
     -----
@@ -56,7 +58,7 @@ def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs, team):
     cs[0] = 0
     pre = reshaped(np.empty(nb * GH, x.dtype), (nb, GH))
     for t in range(T):
-        step_product(hs[t], w_hh_t_panels, pre, team)
+        call(links, step_product, hs[t], w_hh_t_panels, pre, team)
         for b in range(nb):
             # Short loops that each write one array: LLVM vectorises a loop only when
             # its runtime alias checks stay few (a fused loop over six arrays ran 3x slower).
@@ -88,7 +90,7 @@ def lstm_forward(x, w_ih_t, w_hh_t_panels, bias, gates, hs, cs, tanh_cs, team):
 
 @stage
 def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, mant_c, scale,
-                  da_scale, log_h, log_c, team):
+                  da_scale, log_h, log_c, team, links):
     r"""Log-domain BPTT through the recurrence.
 
     Parameters
@@ -104,6 +106,7 @@ def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, man
     da_scale : (T, nb) out: log-scales of the rows of dL/da
     log_h, log_c : (nb, T+1) out: ln ||dL/dh_t||, ln ||dL/dc_t|| (total derivative)
     team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
+    links : the addresses of the helpers it calls (:func:`~rnnsim.kernels.cpu_common.call`)
 
     Notes
     -----
@@ -153,11 +156,11 @@ def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, man
         for b in range(nb):  # the gates of step t are spent; keep dL/da_t for the weights
             for j in range(4 * H):
                 gates[t - 1, b, j] = da[b, j]
-        step_product(da, w_hh_panels, mant_h, team)
+        call(links, step_product, da, w_hh_panels, mant_h, team)
         if use_local:
-            renormalise(scale, mant_h, mant_c, local[t - 1], local_log[t - 1])
+            call(links, renormalise, scale, mant_h, mant_c, local[t - 1], local_log[t - 1])
         else:
-            renormalise(scale, mant_h, mant_c, no_local, no_local_log)
+            call(links, renormalise, scale, mant_h, mant_c, no_local, no_local_log)
     for b in range(nb):
         sq_h = 0.0
         sq_c = 0.0
@@ -169,7 +172,7 @@ def lstm_backward(gates, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, man
 
 
 @entry
-def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
+def gradients_item(item, pool, pool64, cursors, teams, links, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
                    part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss kind follows
@@ -192,36 +195,38 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     # one (step, sequence) row per gate unit: the activated gates, which the backward
     # overwrites in place with dL/da_t once a step's gates are spent
     gate_rows = reshaped(take(pool, cursor, T * nb * GH), (T, nb, GH))
-    lstm_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs, cs, tanh_cs,
-                 teams[item])
+    w_hh_t_panels = call(links, pack_panels, w_hh_t[e], pool, cursor)
+    lstm_forward(x, w_ih_t[e], w_hh_t_panels, bias, gate_rows, hs, cs, tanh_cs, teams[item], links)
     # the loss kind's readout path: numba keeps one branch as it compiles (rnnsim.kernels.cpu_readout)
     if targets.ndim == 3:
         readout = every_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
-                                      h_last, pool, cursor, pool64, cursor64)
+                                      h_last, pool, cursor, pool64, cursor64, links)
     elif targets.ndim == 2:
         readout = last_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
-                                     h_last, pool, cursor, pool64, cursor64)
+                                     h_last, pool, cursor, pool64, cursor64, links)
     else:
-        readout = injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64)
+        readout = injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64, links)
     part_loss[item], mant_h, scale, local, local_log = readout
     mant_c = reshaped(np.empty(nb * H, inputs.dtype), (nb, H))
     for b in range(nb):
         for j in range(H):
             mant_c[b, j] = 0
     da_scale = reshaped(take(pool64, cursor64, T * nb), (T, nb))
-    lstm_backward(gate_rows, cs, tanh_cs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h,
-                  mant_c, scale, da_scale, profiles[0, e, b0:b1], profiles[1, e, b0:b1], teams[item])
-    part_scale[item] = weight_gradients(
-        reshaped(gate_rows, (T * nb, GH)), reshaped(da_scale, T * nb), reshaped(hs[:T], (T * nb, H)),
-        reshaped(x, (T * nb, D)), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
-        cursor)
+    w_hh_panels = call(links, pack_panels, w_hh[e], pool, cursor)
+    lstm_backward(gate_rows, cs, tanh_cs, w_hh_panels, local, local_log, mant_h, mant_c, scale, da_scale,
+                  profiles[0, e, b0:b1], profiles[1, e, b0:b1], teams[item], links)
+    part_scale[item] = call(
+        links, weight_gradients, reshaped(gate_rows, (T * nb, GH)), reshaped(da_scale, T * nb),
+        reshaped(hs[:T], (T * nb, H)), reshaped(x, (T * nb, D)), log_cutoff, block_rows, part_ih[item],
+        part_hh[item], part_bih[item], pool, cursor)
 
 
 @entry
-def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0,
-                 item_b1, states):
+def forward_item(item, pool, pool64, cursors, teams, links, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net,
+                 item_b0, item_b1, states):
     """Forward pass of one work item into its own slots of ``states`` = (h, c), each (E, B, T, H)
-    (and ``cursors[item]`` and ``teams[item]``, as in :func:`gradients_item`; ``pool64`` is unused)."""
+    (and ``cursors[item]``, ``teams[item]`` and ``links`` as in :func:`gradients_item`;
+    ``pool64`` is unused)."""
     T = inputs.shape[2]
     H, GH = w_hh_t.shape[1], w_hh_t.shape[2]
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
@@ -232,8 +237,8 @@ def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_i
     cs = reshaped(take(pool, cursor, (T + 1) * nb * H), (T + 1, nb, H))
     gates = reshaped(take(pool, cursor, T * nb * GH), (T, nb, GH))
     tanh_cs = reshaped(take(pool, cursor, T * nb * H), (T, nb, H))
-    lstm_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gates, hs, cs, tanh_cs,
-                 teams[item])
+    w_hh_t_panels = call(links, pack_panels, w_hh_t[e], pool, cursor)
+    lstm_forward(x, w_ih_t[e], w_hh_t_panels, bias, gates, hs, cs, tanh_cs, teams[item], links)
     for b in range(nb):
         for t in range(T):
             for j in range(H):

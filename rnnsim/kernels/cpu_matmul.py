@@ -40,7 +40,7 @@ from numba.core.errors import TypingError
 from numba.extending import intrinsic
 from numba.np.linalg import check_blas_return, ensure_blas, get_blas_kind
 
-from .cpu_common import entry, jit, reshaped, stage, take, typed
+from .cpu_common import entry, jit, linked, reshaped, stage, take, typed
 from .cpu_team import (
     A_ADDRESS,
     AHEAD,
@@ -180,6 +180,7 @@ _tile4, _tile2, _tile1 = _tile(4), _tile(2), _tile(1)
 _tile_full = _tile(TILE_ROWS) if TILE_ROWS != 4 else _tile4
 
 
+@linked(lambda f: (types.Array(f, 2, "C", readonly=True), f[::1], types.int64[::1]))
 @jit
 def pack_panels(w, pool, cursor):
     """``w`` (K, N) as panels (P, K, NR) in the workspace (:func:`~rnnsim.kernels.cpu_common.take`):
@@ -197,6 +198,7 @@ def pack_panels(w, pool, cursor):
     return panels
 
 
+@linked(lambda f: (f[:, ::1], f[:, :, ::1], f[:, ::1], types.int64[::1]))
 @jit
 def step_product(a, panels, out, team):
     r"""``out = a @ w`` for ``w`` packed by :func:`pack_panels`, shared with the helpers of
@@ -348,6 +350,8 @@ def matmul(typingctx, a, b, out, beta):
     return types.void(a, b, out, types.float64), codegen
 
 
+@linked(lambda f: (f[:, ::1], types.float64[::1], f[:, ::1], f[:, ::1], types.float64, types.int64, f[:, ::1],
+                    f[:, ::1], f[::1], f[::1], types.int64[::1]))
 @jit
 def weight_gradients(da_rows, scale_rows, h_rows, x_rows, log_cutoff, block_rows, g_ih, g_hh, g_b, pool,
                      cursor):

@@ -13,6 +13,7 @@ import numpy as np
 
 from ._vmath import tanh
 from .cpu_common import (
+    call,
     entry,
     folded_bias,
     gather_inputs,
@@ -28,7 +29,7 @@ from .cpu_readout import every_step_adjoints, injected_adjoints, last_step_adjoi
 
 
 @stage
-def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs, team):
+def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs, team, links):
     r"""Forward recurrence.
 
     Parameters
@@ -41,6 +42,7 @@ def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs, team):
     pre : (T, nb, H) scratch; holds the input projections (overwritten by backward)
     hs : (T+1, nb, H) out; hs[0] = 0, hs[t] = h_t
     team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
+    links : the addresses of the helpers it calls (:func:`~rnnsim.kernels.cpu_common.call`)
 
     Notes
     -----
@@ -54,14 +56,14 @@ def rnn_forward(x, w_ih_t, w_hh_t_panels, bias, pre, hs, team):
     hs[0] = 0
     recurrent = reshaped(np.empty(nb * H, x.dtype), (nb, H))
     for t in range(T):
-        step_product(hs[t], w_hh_t_panels, recurrent, team)
+        call(links, step_product, hs[t], w_hh_t_panels, recurrent, team)
         for b in range(nb):
             for j in range(H):
                 hs[t + 1, b, j] = tanh(pre[t, b, j] + bias[j] + recurrent[b, j])
 
 
 @stage
-def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale, log_h, team):
+def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale, log_h, team, links):
     r"""Log-domain BPTT through the recurrence.
 
     Parameters
@@ -79,6 +81,7 @@ def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale,
     da_scale : (T, nb) out: their log-scales
     log_h : (nb, T+1) out: ln ||dL/dh_t||
     team : (TEAM_WORDS,) int64, the item's team for :func:`~rnnsim.kernels.cpu_matmul.step_product`
+    links : the addresses of the helpers it calls (:func:`~rnnsim.kernels.cpu_common.call`)
 
     Notes
     -----
@@ -99,17 +102,17 @@ def rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, da, da_scale,
             for j in range(H):
                 h = hs[t, b, j]
                 da[t - 1, b, j] = mant_h[b, j] * (one - h * h)
-        step_product(da[t - 1], w_hh_panels, mant_h, team)
+        call(links, step_product, da[t - 1], w_hh_panels, mant_h, team)
         if use_local:
-            renormalise(scale, mant_h, no_c, local[t - 1], local_log[t - 1])
+            call(links, renormalise, scale, mant_h, no_c, local[t - 1], local_log[t - 1])
         else:
-            renormalise(scale, mant_h, no_c, no_local, no_local_log)
+            call(links, renormalise, scale, mant_h, no_c, no_local, no_local_log)
     for b in range(nb):
         log_h[b, 0] = scale[b]
 
 
 @entry
-def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
+def gradients_item(item, pool, pool64, cursors, teams, links, inputs, targets, given, w_ih_t, w_hh_t, w_hh,
                    b_ih, b_hh, w_out, b_out, item_net, item_b0, item_b1, log_cutoff, block_rows, part_ih,
                    part_hh, part_bih, part_bhh, part_scale, part_out, part_bout, part_loss, profiles, h_last):
     """Forward, readout and log-domain BPTT of one work item (the loss kind follows
@@ -121,7 +124,8 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     use of the thread's workspaces ``pool`` and ``pool64``, see
     :func:`~rnnsim.kernels.cpu_common.take`); ``teams[item]`` is its team control block, shared
     with helper threads on the per-step products when it has any
-    (:mod:`~rnnsim.kernels.cpu_team`)."""
+    (:mod:`~rnnsim.kernels.cpu_team`); ``links`` holds the addresses of the helpers it
+    calls (:func:`~rnnsim.kernels.cpu_common.call`)."""
     T, D = inputs.shape[2], inputs.shape[3]
     H = w_hh.shape[2]
     e, b0, b1 = item_net[item], item_b0[item], item_b1[item]
@@ -133,31 +137,34 @@ def gradients_item(item, pool, pool64, cursors, teams, inputs, targets, given, w
     # one (step, sequence) row per gate unit: the forward's input projections, which
     # the backward overwrites in place with dL/da_t (the projections are spent by then)
     gate_rows = reshaped(take(pool, cursor, T * nb * H), (T, nb, H))
-    rnn_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, gate_rows, hs, teams[item])
+    w_hh_t_panels = call(links, pack_panels, w_hh_t[e], pool, cursor)
+    rnn_forward(x, w_ih_t[e], w_hh_t_panels, bias, gate_rows, hs, teams[item], links)
     # the loss kind's readout path: numba keeps one branch as it compiles (rnnsim.kernels.cpu_readout)
     if targets.ndim == 3:
         readout = every_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
-                                      h_last, pool, cursor, pool64, cursor64)
+                                      h_last, pool, cursor, pool64, cursor64, links)
     elif targets.ndim == 2:
         readout = last_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
-                                     h_last, pool, cursor, pool64, cursor64)
+                                     h_last, pool, cursor, pool64, cursor64, links)
     else:
-        readout = injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64)
+        readout = injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64, links)
     part_loss[item], mant_h, scale, local, local_log = readout
     da_scale = reshaped(take(pool64, cursor64, T * nb), (T, nb))
-    rnn_backward(hs, pack_panels(w_hh[e], pool, cursor), local, local_log, mant_h, scale, gate_rows, da_scale,
-                 profiles[0, e, b0:b1], teams[item])
-    part_scale[item] = weight_gradients(
-        reshaped(gate_rows, (T * nb, H)), reshaped(da_scale, T * nb), reshaped(hs[:T], (T * nb, H)),
-        reshaped(x, (T * nb, D)), log_cutoff, block_rows, part_ih[item], part_hh[item], part_bih[item], pool,
-        cursor)
+    w_hh_panels = call(links, pack_panels, w_hh[e], pool, cursor)
+    rnn_backward(hs, w_hh_panels, local, local_log, mant_h, scale, gate_rows, da_scale, profiles[0, e, b0:b1],
+                 teams[item], links)
+    part_scale[item] = call(
+        links, weight_gradients, reshaped(gate_rows, (T * nb, H)), reshaped(da_scale, T * nb),
+        reshaped(hs[:T], (T * nb, H)), reshaped(x, (T * nb, D)), log_cutoff, block_rows, part_ih[item],
+        part_hh[item], part_bih[item], pool, cursor)
 
 
 @entry
-def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net, item_b0,
-                 item_b1, states):
+def forward_item(item, pool, pool64, cursors, teams, links, inputs, w_ih_t, w_hh_t, b_ih, b_hh, item_net,
+                 item_b0, item_b1, states):
     """Forward pass of one work item into its own slots of ``states[0]`` = h (E, B, T, H)
-    (and ``cursors[item]`` and ``teams[item]``, as in :func:`gradients_item`; ``pool64`` is unused)."""
+    (and ``cursors[item]`` and ``teams[item]``, and ``links``, as in :func:`gradients_item`;
+    ``pool64`` is unused)."""
     T = inputs.shape[2]
     H = w_hh_t.shape[1]
     e, b0, nb = item_net[item], item_b0[item], item_b1[item] - item_b0[item]
@@ -166,7 +173,8 @@ def forward_item(item, pool, pool64, cursors, teams, inputs, w_ih_t, w_hh_t, b_i
     bias = folded_bias(b_ih, b_hh, e, pool, cursor)
     hs = reshaped(take(pool, cursor, (T + 1) * nb * H), (T + 1, nb, H))
     pre = reshaped(take(pool, cursor, T * nb * H), (T, nb, H))
-    rnn_forward(x, w_ih_t[e], pack_panels(w_hh_t[e], pool, cursor), bias, pre, hs, teams[item])
+    w_hh_t_panels = call(links, pack_panels, w_hh_t[e], pool, cursor)
+    rnn_forward(x, w_ih_t[e], w_hh_t_panels, bias, pre, hs, teams[item], links)
     for b in range(nb):
         for t in range(T):
             for j in range(H):
