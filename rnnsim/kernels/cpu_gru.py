@@ -154,9 +154,9 @@ def gru_backward(gates, u_rows, hs, w_hh_panels, local, local_log, mant_h, scale
             for j in range(H):
                 mant_h[b, j] += direct[b, j]
         if use_local:
-            call(links, renormalise, scale, mant_h, no_c, local[t - 1], local_log[t - 1])
+            renormalise(scale, mant_h, no_c, local[t - 1], local_log[t - 1])
         else:
-            call(links, renormalise, scale, mant_h, no_c, no_local, no_local_log)
+            renormalise(scale, mant_h, no_c, no_local, no_local_log)
     for b in range(nb):
         log_h[b, 0] = scale[b]
 
@@ -187,12 +187,12 @@ def gradients_item(item, pool, pool64, cursors, teams, links, inputs, targets, g
     # the loss kind's readout path: numba keeps one branch as it compiles (rnnsim.kernels.cpu_readout)
     if targets.ndim == 3:
         readout = every_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
-                                      h_last, pool, cursor, pool64, cursor64, links)
+                                      h_last, pool, cursor, pool64, cursor64)
     elif targets.ndim == 2:
         readout = last_step_adjoints(targets, e, b0, hs, w_out[e], b_out[e], part_out[item], part_bout[item],
-                                     h_last, pool, cursor, pool64, cursor64, links)
+                                     h_last, pool, cursor, pool64, cursor64)
     else:
-        readout = injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64, links)
+        readout = injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64)
     part_loss[item], mant_h, scale, local, local_log = readout
     da_scale = reshaped(take(pool64, cursor64, T * nb), (T, nb))
     w_hh_panels = call(links, pack_panels, w_hh[e], pool, cursor)

@@ -30,8 +30,7 @@ Common parameters of the paths: ``e, b0``, the item's network and first sequence
 e's readout; ``part_out, part_bout``, out, (K, H), (K,), the item's readout gradients;
 ``h_last``, out, (E, B, H), where the item's final states h_T go
 (``h_last[e, b0:b0+nb]``); ``pool, cursor, pool64, cursor64``, the item's workspaces
-in the dtype and in float64 (:func:`~rnnsim.kernels.cpu_common.take`); ``links``, the
-addresses of the helpers they call (:func:`~rnnsim.kernels.cpu_common.call`).
+in the dtype and in float64 (:func:`~rnnsim.kernels.cpu_common.take`).
 """
 from __future__ import annotations
 
@@ -39,7 +38,7 @@ import math
 
 import numpy as np
 
-from .cpu_common import call, log_norms, renormalise, reshaped, stage, take
+from .cpu_common import log_norms, renormalise, reshaped, stage, take
 from .cpu_matmul import matmul
 
 
@@ -93,7 +92,7 @@ def keep_last_state(hs, e, b0, h_last):
 
 
 @stage
-def unit_adjoint(dh, pool, cursor, pool64, cursor64, links):
+def unit_adjoint(dh, pool, cursor, pool64, cursor64):
     """dL/dh_T as a unit-norm mantissa (nb, H) in the workspace and its log-scale (nb,)."""
     nb, H = dh.shape
     mant_h = reshaped(take(pool, cursor, nb * H), (nb, H))
@@ -104,13 +103,12 @@ def unit_adjoint(dh, pool, cursor, pool64, cursor64, links):
     for b in range(nb):
         scale[b] = 0.0
     # the empty arrays as C-contiguous as the backward's: one compiled renormalise
-    call(links, renormalise, scale, mant_h, reshaped(pool[:0], (nb, 0)), reshaped(pool[:0], (0, H)),
-         pool64[:0])
+    renormalise(scale, mant_h, reshaped(pool[:0], (nb, 0)), reshaped(pool[:0], (0, H)), pool64[:0])
     return mant_h, scale
 
 
 @stage
-def injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64, links):
+def injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64):
     """The readout path for adjoints ``given`` (E, B, T+1, H), dL/dh_t of a loss computed
     outside the kernels; the readout and ``part_out``, ``part_bout`` are left alone."""
     T1, nb, H = hs.shape
@@ -122,13 +120,13 @@ def injected_adjoints(given, e, b0, hs, h_last, pool, cursor, pool64, cursor64, 
                 local[t, b, j] = given[e, b0 + b, t, j]
     local_log = reshaped(take(pool64, cursor64, T1 * nb), (T1, nb))
     log_norms(reshaped(local, (T1 * nb, H)), reshaped(local_log, T1 * nb))
-    mant_h, scale = unit_adjoint(local[T1 - 1], pool, cursor, pool64, cursor64, links)
+    mant_h, scale = unit_adjoint(local[T1 - 1], pool, cursor, pool64, cursor64)
     return 0.0, mant_h, scale, local, local_log
 
 
 @stage
 def every_step_adjoints(targets, e, b0, hs, w_out, b_out, part_out, part_bout, h_last, pool, cursor, pool64,
-                        cursor64, links):
+                        cursor64):
     """The readout path of the cross-entropy at every step, targets (E, B, T) int64."""
     T1, nb, H = hs.shape
     T = T1 - 1
@@ -147,13 +145,13 @@ def every_step_adjoints(targets, e, b0, hs, w_out, b_out, part_out, part_bout, h
     readout_gradients(dlogits, h_rows, part_out, part_bout)
     local_log = reshaped(take(pool64, cursor64, T1 * nb), (T1, nb))
     log_norms(reshaped(local, (T1 * nb, H)), reshaped(local_log, T1 * nb))
-    mant_h, scale = unit_adjoint(local[T], pool, cursor, pool64, cursor64, links)
+    mant_h, scale = unit_adjoint(local[T], pool, cursor, pool64, cursor64)
     return loss, mant_h, scale, local, local_log
 
 
 @stage
 def last_step_adjoints(targets, e, b0, hs, w_out, b_out, part_out, part_bout, h_last, pool, cursor, pool64,
-                       cursor64, links):
+                       cursor64):
     """The readout path of the cross-entropy at the last step only, targets (E, B) int64."""
     T1, nb, H = hs.shape
     K = w_out.shape[0]
@@ -164,7 +162,7 @@ def last_step_adjoints(targets, e, b0, hs, w_out, b_out, part_out, part_bout, h_
     loss = output_layer(h_rows, w_out, b_out, targets[e:e + 1, b0:b0 + nb], 1.0 / targets.shape[1], dlogits,
                         dh)
     readout_gradients(dlogits, h_rows, part_out, part_bout)
-    mant_h, scale = unit_adjoint(dh, pool, cursor, pool64, cursor64, links)
+    mant_h, scale = unit_adjoint(dh, pool, cursor, pool64, cursor64)
     no_local = reshaped(pool[:0], (0, nb, H))  # loss "last" adds nothing before step T
     return loss, mant_h, scale, no_local, reshaped(pool64[:0], (0, nb))
 
