@@ -196,6 +196,9 @@ def test_typed_casts_to_the_arrays_dtype():
 
 # --- helpers called through their addresses (cpu_common.call) ------------------------
 
+_PRODUCT = (pack_panels, step_product)
+
+
 @njit
 def _product_direct(a, w, out):
     pool, cursor, team = np.empty(4096, a.dtype), np.zeros(1, np.int64), np.zeros(TEAM_WORDS, np.int64)
@@ -232,14 +235,14 @@ def test_call_by_address_matches_the_direct_call(dtype):
     w.flags.writeable = False  # a read-only parameter (as users' weights may be) takes it as it is
     direct, linked = np.empty((5, 11), dtype), np.empty((5, 11), dtype)
     _product_direct(a, w, direct)
-    _product_linked(link_addresses(dtype), a, w, linked)
+    _product_linked(link_addresses(dtype, _PRODUCT), a, w, linked)
     np.testing.assert_array_equal(linked, direct)
     np.testing.assert_allclose(linked, a.astype(np.float64) @ w, rtol=1e-5 if dtype == np.float32 else 1e-12)
     R, GH, H, D = 6, 4, 3, 2
     da, h, x = (rng.standard_normal(shape).astype(dtype) for shape in ((R, GH), (R, H), (R, D)))
     scales = rng.standard_normal(R)
     outs = [[np.empty(shape, dtype) for shape in ((GH, D), (GH, H), (GH,))] for _ in range(2)]
-    s_linked = _weights_linked(link_addresses(dtype), da, scales, h, x, *outs[0])
+    s_linked = _weights_linked(link_addresses(dtype, [weight_gradients]), da, scales, h, x, *outs[0])
     s_direct = _weights_direct(da, scales, h, x, *outs[1])
     assert s_linked == s_direct == scales.max()
     for got, want in zip(*outs):
@@ -251,16 +254,18 @@ def test_call_by_address_raises_the_helpers_errors_and_refuses_stale_links():
     token for the helper differs (kernels compiled against another signature, a stale
     cache) or that is too short raises instead of calling anything."""
     a, w = np.ones((2, 3)), np.ones((3, 4))
-    links = link_addresses(np.float64)
+    links = link_addresses(np.float64, _PRODUCT)
     with pytest.raises(ValueError, match="step_product: panels do not match"):
         _product_linked(links, a, w, np.empty((3, 4)))  # out has another number of rows
     stale = links.copy()
     stale[1::2] += 1
-    with pytest.raises(RuntimeError, match="another signature"):
+    with pytest.raises(RuntimeError, match="no address of the helper with this signature"):
         _product_linked(stale, a, w, np.empty((2, 4)))
+    with pytest.raises(RuntimeError, match="no address of the helper"):  # step_product not linked
+        _product_linked(link_addresses(np.float64, [pack_panels]), a, w, np.empty((2, 4)))
     with pytest.raises(RuntimeError, match="too short"):
         _product_linked(links[:1], a, w, np.empty((2, 4)))
-    assert links.flags.writeable is False and link_addresses(np.float64) is links
+    assert links.flags.writeable is False and link_addresses(np.float64, _PRODUCT) is links
 
 
 @njit
@@ -270,9 +275,9 @@ def _take_linked(links, pool):
 
 def test_call_refuses_an_unlinked_helper_and_other_types():
     with pytest.raises(TypingError, match="not a linked helper"):
-        _take_linked(link_addresses(np.float64), np.empty(4))
+        _take_linked(link_addresses(np.float64, _PRODUCT), np.empty(4))
     with pytest.raises(TypingError, match="pack_panels takes"):  # float64 weights into a float32 workspace
-        _product_linked(link_addresses(np.float32), np.ones((2, 3), np.float32), np.ones((3, 4)),
+        _product_linked(link_addresses(np.float32, _PRODUCT), np.ones((2, 3), np.float32), np.ones((3, 4)),
                         np.empty((2, 4), np.float32))
     with pytest.raises(TypingError, match="1-d int64 array"):
         _product_linked(np.zeros(8), np.ones((2, 3)), np.ones((3, 4)), np.empty((2, 4)))
@@ -302,3 +307,18 @@ def test_kernels_loaded_from_the_cache_find_their_helpers(tmp_path):
     (hits_first, first), (hits_second, second) = (run.split("\n", 1) for run in runs)
     assert (hits_first, hits_second) == ("0", "1")  # compiled, then loaded from the cache
     assert first == second and first.strip()
+
+
+_FORWARD_ONLY = """
+import numpy as np, rnnsim
+from rnnsim.kernels import cpu_matmul
+params = rnnsim.init_params("gru", 5, 3, 2, 2, seed=0)
+rnnsim.forward("gru", params, np.ones((2, 3, 4, 3)))
+print(len(cpu_matmul.step_product.signatures), len(cpu_matmul.weight_gradients.signatures))
+"""
+
+
+def test_a_forward_pass_compiles_no_weight_gradients():
+    """Only the helpers that the called kind of item kernel needs are compiled (or loaded)."""
+    done = subprocess.run([sys.executable, "-c", _FORWARD_ONLY], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["1", "0"]

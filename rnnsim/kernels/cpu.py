@@ -35,7 +35,12 @@ from numba import get_num_threads
 from .. import cells, config, logdomain
 from . import cpu_team
 from .cpu_common import WORKSPACE_ALIGN_BYTES, link_addresses
-from .cpu_matmul import team_helper
+from .cpu_matmul import pack_panels, step_product, team_helper, weight_gradients
+
+# The linked helpers that each kind of item kernel calls, of every cell
+# (rnnsim.kernels.cpu_common.call): only these compile for a call of that kind.
+_FORWARD_HELPERS = (pack_panels, step_product)
+_GRADIENTS_HELPERS = (pack_panels, step_product, weight_gradients)
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,7 +106,7 @@ def release_workspaces():
             pools.clear()
 
 
-def _run_items(item_kernel, n_items, *args, dtype=None, team_size=1):
+def _run_items(item_kernel, n_items, *args, dtype=None, team_size=1, helpers=()):
     """Run ``item_kernel(item, *args)`` for every item on ``numba.get_num_threads()`` threads
     (the calling thread and a pool's), and re-raise the first exception of an item.
 
@@ -116,8 +121,8 @@ def _run_items(item_kernel, n_items, *args, dtype=None, team_size=1):
     (:func:`rnnsim.kernels.cpu_common.take`), by which a short workspace grows,
     the items' team control blocks, (n_items, TEAM_WORDS): with ``team_size`` > 1,
     each item's thread leads ``team_size - 1`` helper threads of its own on the
-    per-step products (:mod:`rnnsim.kernels.cpu_team`), and the addresses of the
-    helpers the kernels call (:func:`rnnsim.kernels.cpu_common.link_addresses`).
+    per-step products (:mod:`rnnsim.kernels.cpu_team`), and the addresses of the linked
+    ``helpers`` that the kernel calls (:func:`rnnsim.kernels.cpu_common.link_addresses`).
     """
     if dtype is None:
         def run(item):
@@ -129,7 +134,7 @@ def _run_items(item_kernel, n_items, *args, dtype=None, team_size=1):
         teams = np.zeros((n_items, cpu_team.TEAM_WORDS), np.int64)
         teams[:, cpu_team.SIZE] = team_size
         like = np.empty(0, dtype)
-        links = link_addresses(dtype)
+        links = link_addresses(dtype, helpers)
 
         def run(item):
             pools = [_workspace(key) for key in keys]
@@ -324,7 +329,7 @@ def gradients(problem, params, inputs, targets, adjoints=None):
                    params["weight_hh_l0"], params["bias_ih_l0"], params["bias_hh_l0"], params["weight_out"],
                    params["bias_out"], net, b0, b1, cutoff, block_rows, part_ih, part_hh, part_bih, part_bhh,
                    part_scale, part_out, part_bout, part_loss, profiles, h_last, dtype=dt,
-                   team_size=_team_size(n, int(b1[0] - b0[0]), problem.G, H))
+                   team_size=_team_size(n, int(b1[0] - b0[0]), problem.G, H), helpers=_GRADIENTS_HELPERS)
     parts = {"weight_ih_l0": part_ih, "weight_hh_l0": part_hh, "bias_ih_l0": part_bih}
     if not spec.folded_bias:  # else bias_hh_l0 follows from the bias tie (logdomain.tie_biases)
         parts["bias_hh_l0"] = part_bhh
@@ -352,7 +357,8 @@ def forward(problem, params, inputs):
     with _single_threaded_blas():
         _run_items(spec.kernels("cpu").forward_item, len(net), inputs, w_ih_t, w_hh_t, params["bias_ih_l0"],
                    params["bias_hh_l0"], net, b0, b1, states, dtype=problem.dtype,
-                   team_size=_team_size(len(net), int(b1[0] - b0[0]), problem.G, problem.H))
+                   team_size=_team_size(len(net), int(b1[0] - b0[0]), problem.G, problem.H),
+                   helpers=_FORWARD_HELPERS)
     return dict(zip(spec.state, states))
 
 

@@ -157,7 +157,7 @@ def _compiled_link(slot, float_type):
     dispatcher.compile(params)
     restype = dispatcher.overloads[params].signature.return_type
     text = f"{dispatcher.py_func.__module__}.{dispatcher.py_func.__qualname__}{params} -> {restype}"
-    return params, restype, zlib.crc32(text.encode()) & 0x7FFFFFFF
+    return params, restype, zlib.crc32(text.encode()) & 0x7FFFFFFF or 1  # 0 marks an empty slot
 
 
 _FLOAT_TYPES = {np.dtype(np.float32): types.float32, np.dtype(np.float64): types.float64}
@@ -165,25 +165,28 @@ _link_lock = threading.Lock()
 _link_tables = {}
 
 
-def link_addresses(dtype):
-    """The ``links`` array of the item kernels for ``dtype``: int64 (2 * helpers,), the
-    address and token of each linked helper, compiled (or loaded from numba's cache)
-    for its signature on first use; read-only, shared by every call."""
-    dtype = np.dtype(dtype)
-    table = _link_tables.get(dtype)
-    if table is not None and len(table) == 2 * len(_LINKED):
+def link_addresses(dtype, helpers):
+    """The ``links`` array of an item kernel of ``dtype`` that calls the linked ``helpers``
+    (their @njit functions): int64 (2 * every linked helper,), the address and token of
+    each of these at its slot, 0 at the others (which :func:`call` refuses). Only these
+    are compiled (or loaded from numba's cache), on first use: a forward pass compiles no
+    weight gradients. Read-only, shared by every call."""
+    key = (np.dtype(dtype), tuple(helpers))
+    table = _link_tables.get(key)
+    if table is not None:
         return table
     with _link_lock:
-        table = np.empty(2 * len(_LINKED), np.int64)
-        for slot, (dispatcher, _, _) in enumerate(_LINKED):
-            params, _, token = _compiled_link(slot, _FLOAT_TYPES[dtype])
-            result = dispatcher.overloads[params]
+        table = np.zeros(2 * len(_LINKED), np.int64)
+        for helper in key[1]:
+            slot = _slot(helper)
+            params, _, token = _compiled_link(slot, _FLOAT_TYPES[key[0]])
+            result = helper.overloads[params]
             table[2 * slot] = result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
             table[2 * slot + 1] = token
-        if not table[::2].all():
-            raise RuntimeError("rnnsim: a linked CPU helper has no address after compiling")
+            if not table[2 * slot]:
+                raise RuntimeError(f"rnnsim: {helper.py_func.__name__} has no address after compiling")
         table.flags.writeable = False
-        _link_tables[dtype] = table
+        _link_tables[key] = table
         return table
 
 
@@ -192,8 +195,9 @@ def call(typingctx, links, helper, *args):
     """``helper(*args)`` for a :func:`linked` helper, through its address in ``links``
     (:func:`link_addresses` of the kernel's dtype); its exceptions propagate as from a
     direct call. The arguments are converted to the helper's one signature for the
-    dtype of its argument ``like`` (see :func:`linked`); a RuntimeError when ``links`` does not
-    hold that helper with that signature (kernels compiled by an older rnnsim)."""
+    dtype of its argument ``like`` (see :func:`linked`); a RuntimeError when ``links``
+    holds no address of the helper with that signature (kernels compiled by an older
+    rnnsim, or a helper the driver did not link)."""
     if not (isinstance(links, types.Array) and links.ndim == 1 and links.dtype == types.int64):
         raise TypingError("call(links, helper, ...): links must be a 1-d int64 array")
     if not isinstance(helper, types.Dispatcher):
@@ -218,9 +222,10 @@ def call(typingctx, links, helper, *args):
         address = builder.load(builder.gep(table.data, [ir.Constant(i64, 2 * slot)]))
         found = builder.load(builder.gep(table.data, [ir.Constant(i64, 2 * slot + 1)]))
         with cgutils.if_unlikely(builder, builder.icmp_signed("!=", found, ir.Constant(i64, token))):
-            context.call_conv.return_user_exc(
-                builder, RuntimeError, ("call: links holds another signature of the helper (stale compiled "
-                                        "kernels: clear NUMBA_CACHE_DIR or the __pycache__ folders)",))
+            context.call_conv.return_user_exc(builder, RuntimeError, (
+                "call: links has no address of the helper with this signature (a helper the driver did not "
+                "link, or kernels compiled by an older rnnsim: clear NUMBA_CACHE_DIR or the __pycache__ "
+                "folders)",))
         fnty = context.call_conv.get_function_type(restype, params)
         fn = builder.inttoptr(address, fnty.as_pointer())
         arguments = cgutils.unpack_tuple(builder, llargs[2])  # *args arrive as one tuple, cast to params
